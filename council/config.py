@@ -1,0 +1,195 @@
+"""Pydantic config models, read from YAML or HTTP; every field says what it is for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from council.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos in a config file: refuse them rather than ignore them silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingOptions(_Model):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle specialist scale to zero.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas (each takes num_gpus GPUs).")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default: min).")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Seconds of sustained demand before adding one.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Seconds of low demand before removing one.")
+    metrics_interval_s: float = Field(10.0, gt=0, description="How often replicas report load.")
+    look_back_period_s: float = Field(30.0, gt=0, description="Window the load average is taken over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+
+class DeploymentOptions(_Model):
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingOptions | None = Field(None, description="Serve autoscaling; overrides num_replicas.")
+    num_cpus: float = Field(0.1, ge=0, description="CPUs per replica; small fractions let a council fit 2 cores.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica: 1 on GPU clusters, 0 on CPU.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests queued per caller before Serve refuses (503); -1 = unbounded."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Largest dynamic batch (@serve.batch) per forward pass.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve health checks.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
+
+
+class GenerationOptions(_Model):
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens a member may generate.")
+    do_sample: bool = Field(False, description="Greedy (False) is reproducible and the default.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (only with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (only with do_sample).")
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description="Generation ends at these strings.")
+
+
+class SpecialistConfig(_Model):
+    name: str = Field(description="Unique name; also the OpenAI `model` that talks to this one alone.")
+    model: str = Field(description="Local checkpoint folder or hub id of the causal LM (or base model).")
+    adapter: str | None = Field(None, description="Optional PEFT adapter folder applied over `model`.")
+    domain: str = Field("general", description="The domain this specialist is strong in.")
+    description: str = Field("", description="What it knows; embedded for routing.")
+    examples: list[str] = Field(default_factory=list, description="Example questions; embedded for routing.")
+    context_window: int | None = Field(None, ge=16, description="Overrides the model config's window.")
+    generation: GenerationOptions = Field(default_factory=GenerationOptions, description="Decoding settings.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto = bf16 on CUDA when supported, fp32 on CPU."
+    )
+    prompt_template: str | None = Field(None, description="Name of a prompt template in council.prompts.")
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Serve options.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"specialist name {v!r} must match {NAME_RE.pattern}")
+        return v
+
+
+class RouterConfig(_Model):
+    k: int = Field(3, ge=1, description="Specialists asked per question (top-k by route score).")
+    min_score: float = Field(-1.0, ge=-1, le=1, description="Specialists scoring below this are not asked.")
+    quorum: int = Field(1, ge=1, description="Fewest successful answers for the council to answer at all.")
+    member_timeout_s: float = Field(60.0, gt=0, description="A member slower than this counts as failed.")
+    early_exit: bool = Field(False, description="Answer once a quorum agrees; cancel the stragglers.")
+    max_ongoing_requests: int = Field(200, ge=1, description="Ingress concurrency (it awaits members).")
+    max_queued_requests: int = Field(400, ge=-1, description="Ingress queue bound; beyond it Serve answers 503.")
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    num_cpus: float = Field(0.1, ge=0, description="CPUs per ingress replica.")
+
+
+class ChunkingOptions(_Model):
+    max_chars: int = Field(600, ge=50, description="Longest chunk, in characters, split at sentence ends.")
+    overlap_sentences: int = Field(0, ge=0, description="Sentences repeated between neighbouring chunks.")
+
+
+class RetrievalConfig(_Model):
+    path: str = Field(".council/chroma", description="Embedded Chroma folder (one process only).")
+    host: str | None = Field(None, description="Chroma server host; when set, HttpClient is used instead.")
+    port: int = Field(8001, ge=1, le=65535, description="Chroma server port (not 8000: Serve's default).")
+    collection: str = Field("council", description="Chroma collection name.")
+    top_n: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
+    lexical_weight: float = Field(
+        0.3, ge=0, le=1, description="Weight of lexical overlap fused with dense similarity (entity names)."
+    )
+    chunking: ChunkingOptions = Field(default_factory=ChunkingOptions, description="How documents are split.")
+    embedder: str | None = Field(None, description="Sentence-transformers path; default: bundled MiniLM.")
+    tenants: list[str] | None = Field(
+        None, description="Allowed tenants; when unset, a tenant is known once it has ingested documents."
+    )
+    num_cpus: float = Field(0.2, ge=0, description="CPUs for the retrieval replica.")
+
+
+class AggregatorConfig(_Model):
+    agreement_threshold: float = Field(0.5, ge=0, le=1, description="Below this weighted agreement: abstain.")
+    similarity_threshold: float = Field(
+        0.9, ge=0, le=1, description="Cosine similarity at which two answers count as the same."
+    )
+    ordering: Literal["relevance", "edges", "reverse", "random"] = Field(
+        "relevance", description="Passage order in the prompt."
+    )
+    orderings: int = Field(1, ge=1, le=8, description="Orderings asked per member; >1 votes across them.")
+    default_budget_tokens: int = Field(512, ge=0, description="Context token budget when a request sets none.")
+    num_cpus: float = Field(0.1, ge=0, description="CPUs for the aggregator replica.")
+
+
+class HttpConfig(_Model):
+    host: str = Field("127.0.0.1", description="Bind address; keep it private unless behind a gateway.")
+    port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port.")
+    max_body_bytes: int = Field(65536, ge=1024, description="Requests with a larger body are refused (413).")
+    request_timeout_s: float = Field(120.0, gt=0, description="Serve's cluster-wide request timeout.")
+    app_name: str = Field("council", description="Serve application name (for handles).")
+    route_prefix: str = Field("/", description="HTTP route prefix of the app.")
+
+
+class CouncilConfig(_Model):
+    specialists: list[SpecialistConfig] = Field(min_length=1, description="The council's members.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="Routing and fan-out.")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="The document store.")
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig, description="Trim and agree.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP API.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CouncilConfig:
+        names = [s.name for s in self.specialists]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"specialist names must be unique, repeated: {dupes}")
+        if "council" in names:
+            raise ValueError("'council' is reserved for the whole council's model name")
+        if self.router.quorum > len(names):
+            raise ValueError(f"router.quorum={self.router.quorum} exceeds the {len(names)} specialists")
+        return self
+
+    def specialist(self, name: str) -> SpecialistConfig:
+        for s in self.specialists:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> CouncilConfig:
+        """Validate a dict; a failure raises ConfigError naming each bad field by its dotted path."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CouncilConfig:
+        """Load a YAML file; relative model paths are resolved against the file's folder."""
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        return cls.from_dict(data, source=str(p))
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """'specialists.0.name: Field required; router.k: ...' — the dotted field path first."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
