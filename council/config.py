@@ -183,7 +183,26 @@ class CouncilConfig(_Model):
             raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(resolve_paths(data, p.parent), source=str(p))
+
+
+def resolve_paths(data: Any, base: Path) -> Any:
+    """Make specialists' relative `model`/`adapter` paths absolute when they exist next to the YAML file.
+
+    Hub ids ("org/name") are left alone unless a folder of that name exists beside the file.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("specialists"), list):
+        return data
+    specs = []
+    for spec in data["specialists"]:
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            for key in ("model", "adapter"):
+                value = spec.get(key)
+                if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+                    spec[key] = str((base / value).resolve())
+        specs.append(spec)
+    return {**data, "specialists": specs}
 
 
 def format_validation_error(e: ValidationError) -> str:

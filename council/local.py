@@ -1,0 +1,40 @@
+"""Builds an in-process council from a config: real models, real Chroma, no Ray (demo, eval, tests)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from council.config import CouncilConfig
+from council.pipeline import Council
+from council.protocols import Retriever, Specialist
+
+log = logging.getLogger(__name__)
+
+
+def build_local_council(
+    config: CouncilConfig,
+    *,
+    retriever: Retriever | None = None,
+    specialists: Mapping[str, Specialist] | None = None,
+    with_retrieval: bool = True,
+) -> Council:
+    """A Council whose members run in this process. Pass `retriever`/`specialists` to reuse loaded ones."""
+    from council.aggregator import LocalAggregator
+    from council.backends.embeddings import get_embedder
+    from council.backends.transformers import TransformersSpecialist
+
+    embedder = get_embedder(config.retrieval.embedder)
+    members = dict(specialists or {})
+    for spec in config.specialists:
+        if spec.name not in members:
+            log.info("loading specialist %s from %s", spec.name, spec.model)
+            members[spec.name] = TransformersSpecialist(spec)
+    if retriever is None and with_retrieval:
+        from council.backends.chroma import ChromaRetriever
+
+        retriever = ChromaRetriever(config.retrieval, embedder)
+    # Each specialist counts its own tokens: it is its own TokenCounter.
+    counters = {name: m for name, m in members.items()}
+    aggregator = LocalAggregator(embedder, counters, config.aggregator)  # type: ignore[arg-type]
+    return Council(config, embedder=embedder, specialists=members, aggregator=aggregator, retriever=retriever)

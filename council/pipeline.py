@@ -1,0 +1,242 @@
+"""The one place that sequences a question: route -> retrieve -> trim -> fan out -> aggregate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from council import routing
+from council.config import NAME_RE, CouncilConfig
+from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
+from council.protocols import Aggregator, Embedder, Retriever, Specialist
+from council.types import ORDERINGS, AskRequest, Chunk, CouncilAnswer, MemberAnswer, TrimReport
+
+log = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 4000
+MAX_DOCUMENTS = 32
+MAX_DOCUMENT_CHARS = 20000
+# Control characters other than tab/newline carry no meaning in a question and confuse tokenizers.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+Plan = list[tuple[list[str], TrimReport]]
+
+
+def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
+    """Check a request's fields and name the first bad one; returns it with the question cleaned."""
+    if not isinstance(req.question, str) or not req.question.strip():
+        raise InvalidRequest("question must be a non-empty string")
+    question = _CONTROL.sub(" ", req.question).strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidRequest(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    n = len(config.specialists)
+    if req.k is not None and not 1 <= req.k <= n:
+        raise InvalidRequest(f"k={req.k} is out of range: the council has {n} specialists, so 1 <= k <= {n}")
+    if not NAME_RE.match(req.tenant or ""):
+        raise InvalidRequest(f"tenant {req.tenant!r} is not a valid tenant name ({NAME_RE.pattern})")
+    if req.budget_tokens is not None and req.budget_tokens < 0:
+        raise InvalidRequest(f"budget_tokens={req.budget_tokens} must be >= 0")
+    if req.ordering is not None and req.ordering not in ORDERINGS:
+        raise InvalidRequest(f"unknown ordering {req.ordering!r}; choose one of {list(ORDERINGS)}")
+    if req.orderings is not None and not 1 <= req.orderings <= 8:
+        raise InvalidRequest(f"orderings={req.orderings} is out of range 1..8")
+    if len(req.documents) > MAX_DOCUMENTS:
+        raise InvalidRequest(f"{len(req.documents)} documents given; at most {MAX_DOCUMENTS} per request")
+    for i, doc in enumerate(req.documents):
+        if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
+            raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
+    return AskRequest(**{**req.__dict__, "question": question})
+
+
+@dataclass
+class _Stopwatch:
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round((time.perf_counter() - t0) * 1000, 2)
+
+
+class Council:
+    """Runs the council over any Specialist/Retriever/Aggregator implementations (local or Serve handles)."""
+
+    def __init__(
+        self,
+        config: CouncilConfig,
+        *,
+        embedder: Embedder,
+        specialists: Mapping[str, Specialist],
+        aggregator: Aggregator,
+        retriever: Retriever | None = None,
+    ) -> None:
+        missing = [s.name for s in config.specialists if s.name not in specialists]
+        if missing:
+            raise InvalidRequest(f"no specialist given for configured names {missing}")
+        self.config = config
+        self.embedder = embedder
+        self.specialists = dict(specialists)
+        self.aggregator = aggregator
+        self.retriever = retriever
+        self.profiles = self._profiles()
+
+    def _profiles(self) -> dict[str, np.ndarray]:
+        # One embed call for every specialist's description and examples, then one profile per member.
+        texts: list[str] = []
+        spans: dict[str, tuple[int, int]] = {}
+        for s in self.config.specialists:
+            own = [t for t in [s.description, *s.examples] if t.strip()] or [f"{s.name} {s.domain}"]
+            spans[s.name] = (len(texts), len(texts) + len(own))
+            texts.extend(own)
+        vectors = self.embedder.embed(texts)
+        return {name: routing.profile_vector(vectors[a:b]) for name, (a, b) in spans.items()}
+
+    async def ask(self, request: AskRequest) -> CouncilAnswer:
+        """Answer one question; raises InvalidRequest/QuestionTooLong/QuorumNotMet with clear messages."""
+        req = validate(request, self.config)
+        cfg, watch = self.config, _Stopwatch()
+        t0 = time.perf_counter()
+        with watch.stage("route"):
+            # The question is embedded once and shared by routing and retrieval.
+            q_vec = await asyncio.to_thread(self.embedder.embed, [req.question])
+            scores = routing.cosine_scores(q_vec[0], self.profiles)
+            decision = routing.choose(
+                scores, req.k or min(cfg.router.k, len(scores)), min_score=cfg.router.min_score,
+                forced=req.specialists,
+            )
+        with watch.stage("retrieve"):
+            chunks = await self._retrieve(req, q_vec[0])
+        with watch.stage("trim"):
+            plans = await self.aggregator.trim(
+                req.question, chunks, decision.chosen,
+                budget_tokens=req.budget_tokens if req.budget_tokens is not None
+                else cfg.aggregator.default_budget_tokens,
+                ordering=req.ordering or cfg.aggregator.ordering,
+                orderings=req.orderings or cfg.aggregator.orderings,
+            )
+        with watch.stage("members"):
+            members = await self._fan_out(req, decision.chosen, decision.scores, plans)
+        with watch.stage("aggregate"):
+            answered = [m for m in members if m.ok]
+            quorum = min(cfg.router.quorum, len(decision.chosen))
+            if len(answered) < quorum:
+                raise QuorumNotMet(
+                    f"{len(answered)} of {len(members)} members answered; the quorum is {quorum}",
+                    details={"members": {m.name: m.error or "cancelled" for m in members if not m.ok}},
+                )
+            verdict = await self.aggregator.aggregate(answered)
+        watch.timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        return CouncilAnswer(
+            question=req.question,
+            answer=verdict.answer,
+            agreement=verdict.agreement,
+            entropy=verdict.entropy,
+            abstained=verdict.abstained,
+            degraded=any(m.error is not None for m in members),
+            members=tuple(members),
+            sources=tuple(chunks),
+            trims=tuple(plans[name][0][1] for name in decision.chosen if plans.get(name)),
+            timings=watch.timings,
+            route=decision,
+        )
+
+    async def _retrieve(self, req: AskRequest, q_vec: np.ndarray) -> list[Chunk]:
+        if not req.use_retrieval or self.retriever is None:
+            return []
+        return await self.retriever.retrieve(
+            req.question, tenant=req.tenant, top_n=self.config.retrieval.top_n,
+            query_embedding=[float(x) for x in q_vec], documents=req.documents,
+        )
+
+    async def _fan_out(
+        self, req: AskRequest, chosen: Sequence[str], scores: Mapping[str, float], plans: Mapping[str, Plan]
+    ) -> list[MemberAnswer]:
+        """Ask every chosen member in parallel; no member holds the request past the member timeout."""
+        cfg = self.config.router
+        too_long = [n for n in chosen if plans[n][0][1].budget_tokens < 0]
+        if len(too_long) == len(chosen):
+            raise QuestionTooLong(
+                "the question leaves no room in the context window of any chosen specialist: "
+                + ", ".join(too_long)
+            )
+        results: dict[str, MemberAnswer] = {
+            n: MemberAnswer(n, scores[n], error="question too long for this member's context window")
+            for n in too_long
+        }
+        tasks = {
+            asyncio.create_task(self._ask_member(n, req.question, plans[n], scores[n])): n
+            for n in chosen if n not in results
+        }
+        early_exit = cfg.early_exit if req.early_exit is None else req.early_exit
+        deadline = time.monotonic() + cfg.member_timeout_s
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for task in done:
+                results[tasks[task]] = task.result()
+            if early_exit and pending and await self._settled(results, chosen, scores):
+                break
+        for task in pending:
+            task.cancel()
+            name = tasks[task]
+            timed_out = time.monotonic() >= deadline
+            results[name] = MemberAnswer(
+                name, scores[name], cancelled=not timed_out,
+                error=f"timed out after {cfg.member_timeout_s:g}s" if timed_out else None,
+            )
+        if pending:
+            # Give cancellation a moment to reach remote calls; never wait on a stuck member.
+            await asyncio.wait(pending, timeout=0.05)
+        return [results[n] for n in chosen]
+
+    async def _ask_member(self, name: str, question: str, plan: Plan, score: float) -> MemberAnswer:
+        """One member's answer (voted across orderings); any failure becomes data, not an exception."""
+        spec = self.specialists[name]
+        try:
+            gens = await asyncio.gather(*(spec.generate(question, passages) for passages, _ in plan))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a member's failure must never sink the council
+            log.warning("member %s failed: %s: %s", name, type(e).__name__, e)
+            return MemberAnswer(name, score, error=f"{type(e).__name__}: {e}"[:500])
+        texts = [g.text.strip() for g in gens]
+        winner, consistency = (0, 1.0) if len(texts) == 1 else await self.aggregator.vote(texts)
+        return MemberAnswer(
+            name, score, answer=texts[winner],
+            prompt_tokens=sum(g.prompt_tokens for g in gens),
+            completion_tokens=sum(g.completion_tokens for g in gens),
+            latency_s=max(g.latency_s for g in gens),
+            ordering_answers=tuple(texts) if len(texts) > 1 else (),
+            consistency=consistency if len(texts) > 1 else None,
+        )
+
+    async def _settled(
+        self, results: Mapping[str, MemberAnswer], chosen: Sequence[str], scores: Mapping[str, float]
+    ) -> bool:
+        """True when the answers so far already decide the vote, whatever the stragglers say."""
+        answered = [m for m in results.values() if m.ok]
+        if len(answered) < self.config.router.quorum:
+            return False
+        verdict = await self.aggregator.aggregate(answered)
+        if verdict.abstained or verdict.winner is None:
+            return False
+        weights = {n: max(scores[n], 1e-6) for n in chosen}
+        winners = next(c for c in verdict.clusters if verdict.winner in c)
+        share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
+        # Share of ALL chosen members' weight: stragglers cannot overturn it.
+        return len(winners) >= self.config.router.quorum and share >= self.config.aggregator.agreement_threshold
+
