@@ -1,0 +1,380 @@
+"""The `council` command line (typer + rich): serve, ask, ingest, status, demo, specialize, eval."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from council.errors import CouncilError
+
+if TYPE_CHECKING:
+    from council.types import CouncilAnswer
+
+app = typer.Typer(
+    name="council",
+    help="A council of specialist LLMs with retrieval, served on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+URL = Annotated[str, typer.Option("--url", envvar="COUNCIL_URL", help="The council's HTTP address.")]
+CONFIG = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Council config YAML, or a Serve config (clusters/*.yaml).")
+]
+
+
+def friendly(fn: F) -> F:
+    """Council errors become one red line on stderr and exit code 1; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CouncilError as e:
+            err_console.print(f"[bold red]error[/] ({e.type}): {e.message}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- rendering (shared with the demo)
+
+
+def render_answer(answer: CouncilAnswer, *, out: Console | None = None, trims: bool = False) -> None:
+    """Print a CouncilAnswer: members table, the verdict with agreement/entropy/flags, sources, trims."""
+    from rich.table import Table
+
+    out = out or console
+    table = Table(title=None, show_lines=False, expand=False, header_style="bold")
+    for col, kw in [
+        ("member", {}),
+        ("route", {"justify": "right"}),
+        ("answer", {"overflow": "fold"}),
+        ("tokens", {"justify": "right"}),
+        ("latency", {"justify": "right"}),
+        ("error", {}),
+    ]:
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for m in answer.members:
+        status = "cancelled" if m.cancelled else (m.error or "")
+        table.add_row(
+            m.name,
+            f"{m.route_score:.2f}",
+            _short(m.answer or "", 60),
+            f"{m.prompt_tokens}+{m.completion_tokens}",
+            f"{m.latency_s * 1000:.0f} ms",
+            f"[red]{_short(status, 40)}[/]" if status else "",
+        )
+    out.print(table)
+    flags = [f for f, on in (("abstained", answer.abstained), ("degraded", answer.degraded)) if on]
+    colour = "yellow" if answer.abstained else "green"
+    out.print(
+        f"[bold {colour}]council:[/] {answer.answer}   [dim]agreement {answer.agreement:.2f} · "
+        f"entropy {answer.entropy:.2f}{' · ' + ', '.join(flags) if flags else ''} · "
+        f"{answer.timings.get('total', 0):.0f} ms[/]",
+        highlight=False,
+    )
+    for c in answer.sources:
+        out.print(f"  [dim]source[/] {c.score:.2f} [cyan]{c.source or c.id}[/] {_short(c.text, 90)}", highlight=False)
+    if trims:
+        for t in answer.trims:
+            out.print(
+                f"  [dim]trim[/] {t.member}: {t.used_tokens}/{t.budget_tokens} tokens, {t.ordering}; kept "
+                f"{len(t.kept)}, cut {len(t.cut)}, dropped {len(t.dropped)}",
+                highlight=False,
+            )
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------- serving
+
+
+def serve_target(config: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(build_app args, Serve settings: name, route_prefix, host, port) for a council or Serve config file.
+
+    A Serve config (with `applications:`) is read the way `serve run` reads it; a council config is wrapped
+    as `{config: path}`; no file means clusters/local.yaml, else the packaged demo council.
+    """
+    import yaml
+
+    path = config or _default_serve_config()
+    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    if not isinstance(data, dict):
+        raise CouncilError(f"{path}: not a readable YAML mapping")
+    if "applications" not in data:
+        return {"config": str(path.resolve())}, {}
+    apps = data.get("applications") or [{}]
+    first = apps[0]
+    args = dict(first.get("args") or {})
+    if isinstance(args.get("config"), str) and not Path(args["config"]).is_absolute():
+        # Serve configs name paths from the repository root (where `serve run` is started).
+        root = path.resolve().parent.parent
+        args["config"] = str(root / args["config"]) if not Path(args["config"]).exists() else args["config"]
+    http = data.get("http_options") or {}
+    settings = {
+        "name": first.get("name"),
+        "route_prefix": first.get("route_prefix"),
+        "host": http.get("host"),
+        "port": http.get("port"),
+    }
+    return args, {k: v for k, v in settings.items() if v is not None}
+
+
+def _default_serve_config() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "clusters" / "local.yaml").exists():
+            return base / "clusters" / "local.yaml"
+    return Path(__file__).resolve().parent / "demo" / "council.yaml"
+
+
+def start_serve(
+    args: dict[str, Any], *, name: str = "council", route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
+) -> str:
+    """Start (or join, with RAY_ADDRESS) Ray, deploy the council app, return its URL."""
+    import ray
+    from ray import serve
+
+    from council.serving.app import build_app
+
+    if not ray.is_initialized():
+        # "local" never joins a stale cluster left in ray_current_cluster; RAY_ADDRESS opts in to joining.
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            log_to_driver=False,
+            include_dashboard=False,
+            namespace="serve",
+        )
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+
+
+def stop_serve() -> None:
+    """Shut Serve and the Ray we started down (quietly: we are on the way out)."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def block_until_signal() -> None:
+    """Sleep until Ctrl-C or SIGTERM (a backgrounded shell job ignores SIGINT; SIGTERM must stop it too)."""
+    import signal
+    import time
+
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+@friendly
+def serve(
+    config: CONFIG = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: the config's, else 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: the config's, else 8000).")] = None,
+) -> None:
+    """Deploy the council on Ray Serve and serve HTTP until Ctrl-C or SIGTERM."""
+    args, settings = serve_target(config)
+    settings.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    with console.status("starting Ray Serve and loading the specialists…"):
+        url = start_serve(args, **settings)
+    console.print(f"[bold green]council serving[/] at {url}  (POST /v1/council, /v1/chat/completions)")
+    console.print(f'  curl -s {url}/v1/council -d \'{{"question": "..."}}\'', highlight=False)
+    try:
+        block_until_signal()
+    finally:
+        console.print("shutting down…")
+        stop_serve()
+
+
+# ---------------------------------------------------------------- asking and status
+
+
+@app.command()
+@friendly
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to put to the council.")],
+    url: URL = "http://127.0.0.1:8000",
+    k: Annotated[int | None, typer.Option(help="Specialists to ask (default: the config's).")] = None,
+    tenant: Annotated[str, typer.Option(help="Whose documents to retrieve from.")] = "public",
+    doc: Annotated[list[str] | None, typer.Option("--doc", help="An ephemeral document (repeatable).")] = None,
+    specialist: Annotated[
+        list[str] | None, typer.Option("--specialist", "-s", help="Force these specialists (repeatable).")
+    ] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Context token budget per member.")] = None,
+    no_retrieval: Annotated[bool, typer.Option("--no-retrieval", help="Skip the document store.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
+) -> None:
+    """Ask the council a question over HTTP and show every member's answer, the verdict and the sources."""
+    from council.client import Client, documents_from
+
+    with Client(url, timeout_s=timeout) as client:
+        answer = client.ask(
+            question,
+            k=k,
+            tenant=tenant,
+            documents=documents_from(doc or []),
+            specialists=specialist or None,
+            budget_tokens=budget,
+            use_retrieval=False if no_retrieval else None,
+        )
+    if as_json:
+        console.print_json(json.dumps(answer.to_dict()))
+    else:
+        render_answer(answer, trims=True)
+
+
+@app.command()
+@friendly
+def status(url: URL = "http://127.0.0.1:8000") -> None:
+    """Check that the council answers: health and the models it serves."""
+    from council.client import Client
+
+    with Client(url, timeout_s=10) as client:
+        health = client.health()
+        models = client.models()
+    console.print(f"[bold green]up[/] at {url}", highlight=False)
+    for key, value in health.items():
+        console.print(f"  {key}: {value}", highlight=False)
+    console.print(f"  models: {', '.join(models)}", highlight=False)
+
+
+@app.command()
+@friendly
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.txt, .md, .parquet) to ingest.")],
+    tenant: Annotated[str, typer.Option(help="The tenant that owns these documents.")] = "public",
+    domain: Annotated[str | None, typer.Option(help="Domain tag stored with each chunk.")] = None,
+    config: CONFIG = None,
+    chroma_host: Annotated[str | None, typer.Option(help="A Chroma server instead of the embedded store.")] = None,
+    chroma_port: Annotated[int | None, typer.Option(help="The Chroma server's port.")] = None,
+) -> None:
+    """Chunk, embed and store documents for a tenant (idempotent: re-ingesting adds nothing)."""
+    files = expand_paths(paths)
+    if not files:
+        raise CouncilError(f"no .txt, .md or .parquet files under {', '.join(map(str, paths))}")
+    retrieval = retrieval_config(config, host=chroma_host, port=chroma_port)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from council.backends.chroma import ChromaRetriever
+    from council.backends.embeddings import get_embedder
+
+    added = skipped = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("loading the embedder", total=len(files))
+        retriever = ChromaRetriever(retrieval, get_embedder(retrieval.embedder))
+        for f in files:
+            bar.update(task, description=f"ingesting {f.name}")
+            report = retriever.ingest_paths([f], tenant=tenant, domain=domain)
+            added += int(getattr(report, "added", 0))
+            skipped += int(getattr(report, "skipped", 0))
+            bar.advance(task)
+    where = f"{retrieval.host}:{retrieval.port}" if retrieval.host else retrieval.path
+    console.print(
+        f"[green]ingested[/] {len(files)} files for tenant {tenant!r}: {added} chunks added, "
+        f"{skipped} already there → {where} ({retriever.count()} chunks in all)",
+        highlight=False,
+    )
+
+
+def retrieval_config(config: Path | None, *, host: str | None = None, port: int | None = None) -> Any:
+    """The RetrievalConfig from a council or Serve config file (or the defaults), with host/port overrides."""
+    from council.config import CouncilConfig, RetrievalConfig
+
+    retrieval = RetrievalConfig()
+    if config is not None:
+        args, _ = serve_target(config)
+        if "config_dict" in args:
+            retrieval = CouncilConfig.from_dict(args["config_dict"]).retrieval
+        else:
+            retrieval = CouncilConfig.from_yaml(args["config"]).retrieval
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    return retrieval.model_copy(update=updates) if updates else retrieval
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given, and folders expanded (recursively, sorted) to their .txt/.md/.parquet files."""
+    suffixes = {".txt", ".md", ".markdown", ".parquet"}
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CouncilError(f"{p}: no such file or folder")
+    return out
+
+
+# ---------------------------------------------------------------- the demo and the jobs
+
+
+@app.command()
+@friendly
+def demo(
+    once: Annotated[bool, typer.Option("--once", help="Ask the demo questions, then exit (for tests).")] = False,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run the council in this process, no Ray.")] = False,
+    config: CONFIG = None,
+    port: Annotated[int, typer.Option(help="HTTP port for the served council.")] = 8000,
+    per_kind: Annotated[int, typer.Option(help="Questions asked of each kind.")] = 2,
+) -> None:
+    """Ingest the demo world, deploy the council, and ask trained, fresh and unanswerable questions."""
+    from council.demo.run import run_demo
+
+    run_demo(console, once=once, in_process=in_process, config=config, port=port, per_kind=per_kind)
+
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+@friendly
+def specialize(ctx: typer.Context) -> None:
+    """Train the demo specialists and the generalist (arguments go to council.jobs.specialize; try --help)."""
+    from council.jobs.specialize import main
+
+    raise typer.Exit(int(main(list(ctx.args)) or 0))
+
+
+@app.command(name="eval", context_settings=_PASSTHROUGH, add_help_option=False)
+@friendly
+def eval_(ctx: typer.Context) -> None:
+    """Evaluate the council on a world's questions (arguments go to council.jobs.eval; try --help)."""
+    from council.jobs.eval import main
+
+    raise typer.Exit(int(main(list(ctx.args)) or 0))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,104 @@
+"""The `council` command line: fast help, clear errors, answers rendered, Serve configs read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from council.cli import app, expand_paths, render_answer, serve_target
+from council.types import Chunk, CouncilAnswer, MemberAnswer, TrimReport
+
+COUNCIL = Path(sys.executable).parent / "council"
+COMMANDS = ("serve", "ask", "ingest", "status", "demo", "specialize", "eval")
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([str(COUNCIL), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_is_fast_and_lists_every_command() -> None:
+    t0 = time.perf_counter()
+    out = _run("--help")
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    for command in COMMANDS:
+        assert command in out.stdout
+    # No torch/ray/chromadb at import: about 1 s here, generous for a machine shared with training.
+    assert elapsed < 8, f"council --help took {elapsed:.1f}s"
+    code = "import sys, council.cli; heavy = {'ray', 'torch', 'chromadb', 'transformers'} & set(sys.modules); "
+    code += "assert not heavy, heavy"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_ask_unreachable_is_one_clear_line_and_nonzero() -> None:
+    out = _run("ask", "what is the penalty under the kavo act ?", "--url", "http://127.0.0.1:9", "--timeout", "3")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "cannot reach the council at http://127.0.0.1:9" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_status_unreachable_exits_nonzero() -> None:
+    result = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "unreachable" in result.output
+
+
+def test_render_answer_shows_members_verdict_sources_and_trims() -> None:
+    from rich.console import Console
+
+    answer = CouncilAnswer(
+        question="q",
+        answer="the council could not agree",
+        agreement=0.33,
+        entropy=1.1,
+        abstained=True,
+        degraded=True,
+        members=(
+            MemberAnswer("legal-a", 0.91, answer="fine", prompt_tokens=30, completion_tokens=2, latency_s=0.04),
+            MemberAnswer("legal-b", 0.52, error="timed out after 5s"),
+            MemberAnswer("finance-a", 0.11, cancelled=True),
+        ),
+        sources=(Chunk("c1", "the kavo act carries a fine .", source="legal.md", score=0.77),),
+        trims=(TrimReport("legal-a", 120, 40, kept=("c1",), dropped=("c2",)),),
+        timings={"total": 80.0},
+    )
+    console = Console(record=True, width=160)
+    render_answer(answer, out=console, trims=True)
+    text = console.export_text()
+    for piece in ("legal-a", "0.91", "fine", "30+2", "timed out after 5s", "cancelled", "agreement 0.33",
+                  "abstained", "degraded", "legal.md", "legal-a: 40/120 tokens", "dropped 1"):  # fmt: skip
+        assert piece in text, piece
+
+
+def test_serve_target_reads_serve_and_council_configs(tmp_path: Path) -> None:
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "council.yaml").write_text("specialists: []\n")
+    serve_yaml = tmp_path / "clusters" / "local.yaml"
+    serve_yaml.write_text(
+        "http_options: {host: 127.0.0.1, port: 8123}\n"
+        "applications:\n"
+        "  - name: council\n    route_prefix: /\n    import_path: council.serving.app:build_app\n"
+        "    args: {config: council.yaml}\n"
+    )
+    args, settings = serve_target(serve_yaml)
+    assert args == {"config": str(tmp_path / "council.yaml")}
+    assert settings == {"name": "council", "route_prefix": "/", "host": "127.0.0.1", "port": 8123}
+    args, settings = serve_target(tmp_path / "council.yaml")
+    assert args == {"config": str((tmp_path / "council.yaml").resolve())} and settings == {}
+
+
+def test_expand_paths_and_missing_path_error(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("y")
+    (tmp_path / "sub" / "c.bin").write_text("z")
+    assert [p.name for p in expand_paths([tmp_path])] == ["a.md", "b.txt"]
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "no such file or folder" in result.output
