@@ -115,7 +115,7 @@ def serve_target(config: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     import yaml
 
-    path = config or _default_serve_config()
+    path = config or default_serve_config()
     data = yaml.safe_load(path.read_text()) if path.exists() else None
     if not isinstance(data, dict):
         raise CouncilError(f"{path}: not a readable YAML mapping")
@@ -138,7 +138,7 @@ def serve_target(config: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return args, {k: v for k, v in settings.items() if v is not None}
 
 
-def _default_serve_config() -> Path:
+def default_serve_config() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "clusters" / "local.yaml").exists():
             return base / "clusters" / "local.yaml"
@@ -256,15 +256,22 @@ def ask(
 @app.command()
 @friendly
 def status(url: URL = "http://127.0.0.1:8000") -> None:
-    """Check that the council answers: health and the models it serves."""
+    """Show the served council: app state, each deployment's replicas, the store's size, the models."""
+    from rich.table import Table
+
     from council.client import Client
 
-    with Client(url, timeout_s=10) as client:
-        health = client.health()
+    with Client(url, timeout_s=15) as client:
+        info = client.status()
         models = client.models()
-    console.print(f"[bold green]up[/] at {url}", highlight=False)
-    for key, value in health.items():
-        console.print(f"  {key}: {value}", highlight=False)
+    colour = "green" if info.get("status") == "RUNNING" else "yellow"
+    console.print(f"[bold {colour}]{info.get('status', '?')}[/] app {info.get('app', '?')!r} at {url}", highlight=False)
+    table = Table("deployment", "status", "replicas", header_style="bold")
+    for name, dep in (info.get("deployments") or {}).items():
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in (dep.get("replicas") or {}).items())
+        table.add_row(name, str(dep.get("status", "?")), replicas)
+    console.print(table)
+    console.print(f"  chunks in the store: {info.get('chunks')}", highlight=False)
     console.print(f"  models: {', '.join(models)}", highlight=False)
 
 
@@ -346,7 +353,7 @@ def demo(
     once: Annotated[bool, typer.Option("--once", help="Ask the demo questions, then exit (for tests).")] = False,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run the council in this process, no Ray.")] = False,
     config: CONFIG = None,
-    port: Annotated[int, typer.Option(help="HTTP port for the served council.")] = 8000,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: clusters/local.yaml's, 8000).")] = None,
     per_kind: Annotated[int, typer.Option(help="Questions asked of each kind.")] = 2,
 ) -> None:
     """Ingest the demo world, deploy the council, and ask trained, fresh and unanswerable questions."""

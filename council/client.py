@@ -246,12 +246,29 @@ class Client:
         return list(self._handle.call("models"))
 
     def health(self) -> dict[str, Any]:
-        """The council's health: GET /healthz over HTTP, the ingress's `status()` over a handle."""
+        """Liveness: GET /healthz over HTTP (no auth needed), the ingress's `status()` over a handle."""
         if self._http is not None:
             body = self._http.request("GET", "/healthz")
             return body if isinstance(body, dict) else {"status": str(body).strip() or "ok"}
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """The app's state: specialists, each deployment's replicas, the store's chunk count."""
+        if self._http is not None:
+            return dict(self._http.request("GET", "/v1/status"))
         assert self._handle is not None
         return dict(self._handle.call("status"))
+
+    def ingest(self, documents: Iterable[str | Document | Mapping[str, Any]], *, tenant: str = "public") -> dict:
+        """Store documents for `tenant` in the council's own store (POST /v1/documents); idempotent.
+
+        Returns the server's report: {"tenant", "documents", "chunks"}.
+        """
+        payload = {"tenant": tenant, "documents": [_document(d) for d in documents]}
+        if self._http is not None:
+            return dict(self._http.request("POST", "/v1/documents", payload))
+        assert self._handle is not None
+        return dict(self._handle.call("ingest", payload))
 
     def close(self) -> None:
         """Release pooled HTTP connections (handles need no closing)."""

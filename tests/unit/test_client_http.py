@@ -55,6 +55,8 @@ class _Council(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/healthz":
             self._send(200, {"status": "ok", "specialists": 2})
+        elif self.path == "/v1/status":
+            self._send(200, {"app": "council", "status": "RUNNING", "deployments": {}, "chunks": 3})
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "council"}, {"id": "medical-a"}]})
         else:
@@ -63,6 +65,9 @@ class _Council(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.seen.append((self.path, body, dict(self.headers)))
+        if self.path == "/v1/documents":
+            self._send(200, {"tenant": body["tenant"], "documents": len(body["documents"]), "chunks": 2})
+            return
         q = body.get("question", "")
         errors = {
             "": (400, {"error": {"type": "invalid_request", "message": "question must be a non-empty string"}}, {}),
@@ -143,10 +148,16 @@ def test_error_details_and_retry_after_survive() -> None:
     assert other.status == 502 and "bad gateway" in other.message
 
 
-def test_models_and_health(url: str) -> None:
+def test_models_health_status_and_ingest(url: str) -> None:
     client = Client(url)
     assert client.models() == ["council", "medical-a"]
     assert client.health()["status"] == "ok"
+    assert client.status()["status"] == "RUNNING"
+    report = client.ingest(["zorvex treats migraine .", {"text": "kavo is a fine .", "domain": "legal"}], tenant="t1")
+    assert report == {"tenant": "t1", "documents": 2, "chunks": 2}
+    path, body, _ = _Council.seen[-1]
+    assert path == "/v1/documents"
+    assert body["documents"][1] == {"source": "request", "text": "kavo is a fine .", "domain": "legal"}
 
 
 def test_unreachable_url_is_a_clear_error() -> None:
