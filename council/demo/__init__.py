@@ -1,0 +1,1 @@
+"""The demo council: its config, checkpoints and the `council demo` logic."""

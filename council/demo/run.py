@@ -1,0 +1,249 @@
+"""The demo: ingest the demo world, deploy the council (Ray Serve or in-process), ask each kind of question."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from council.config import CouncilConfig
+from council.prompts import UNKNOWN
+from council.types import AskRequest, CouncilAnswer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from council.world.generator import Question, World
+
+DEMO_DIR = Path(__file__).resolve().parent
+DEMO_CONFIG = DEMO_DIR / "council.yaml"
+WORK_DIR = Path(".council")
+KINDS = ("trained", "fresh", "unanswerable")
+KIND_NOTES = {
+    "trained": "facts the specialists learned in training",
+    "fresh": "facts only the document store holds",
+    "unanswerable": "nobody knows: the council should abstain or say unknown",
+}
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    """What the demo deploys: the council config, the `build_app` args and Serve settings (name, port, ...)."""
+
+    config: CouncilConfig
+    app_args: dict[str, Any]
+    settings: dict[str, Any]
+    note: str
+
+
+def demo_setup(config_path: Path | None, console: Console) -> DemoSetup:
+    """clusters/local.yaml's council (the packaged demo one), a given config, or tiny random models until then."""
+    from council.cli import default_serve_config, serve_target
+
+    path = config_path or default_serve_config()
+    args, settings = serve_target(path) if path.exists() else ({}, {})
+    if "config_dict" in args:
+        return DemoSetup(CouncilConfig.from_dict(args["config_dict"]), args, settings, "council from config_dict")
+    if args.get("config") and Path(args["config"]).exists():
+        cfg = CouncilConfig.from_yaml(args["config"])
+        return DemoSetup(cfg, args, settings, f"council from {args['config']} (deployed as in {path})")
+    data = tiny_council(WORK_DIR / "demo-models", console)
+    note = "no trained demo council found: tiny RANDOM models stand in (answers are noise)"
+    return DemoSetup(CouncilConfig.from_dict(data), {"config_dict": data}, settings, note)
+
+
+def tiny_council(folder: Path, console: Console) -> dict[str, Any]:
+    """A config dict for three tiny random GPT-2 specialists (one per domain), built once into `folder`."""
+    from council.world.schema import DOMAINS
+
+    specs = []
+    for i, domain in enumerate(DOMAINS):
+        path = folder / f"tiny-{domain}"
+        if not (path / "config.json").exists():
+            with console.status(f"building a tiny random model for {domain} in {path}"):
+                _build_tiny(path, seed=i)
+        specs.append(
+            {
+                "name": f"{domain}-tiny",
+                "model": str(path.resolve()),
+                "domain": domain,
+                "description": f"questions about {domain}",
+                "generation": {"max_new_tokens": 6},
+            }
+        )
+    return {
+        "specialists": specs,
+        "router": {"k": 3, "member_timeout_s": 60},
+        "retrieval": {"path": str((WORK_DIR / "chroma").resolve())},
+    }
+
+
+def _build_tiny(path: Path, *, seed: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from council.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=256,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def demo_world(seed: int = 0) -> World:
+    """The world the demo specialists were trained on."""
+    from council.world.generator import build_world
+
+    return build_world(seed)
+
+
+def pick_questions(world: World, per_kind: int, seed: int = 0) -> list[Question]:
+    """`per_kind` questions of each kind, spread over the domains, the same ones every run."""
+    rng = random.Random(seed)
+    picked: list[Question] = []
+    for kind in KINDS:
+        pool = world.questions(kind, held_out=False if kind == "trained" else None)
+        by_domain: dict[str, list[Question]] = {}
+        for q in pool:
+            by_domain.setdefault(q.domain, []).append(q)
+        domains = sorted(by_domain)
+        for i in range(min(per_kind, len(pool))):
+            picked.append(rng.choice(by_domain[domains[i % len(domains)]]))
+    return picked
+
+
+def corpus(world: World) -> list[dict[str, str]]:
+    """The world's documents as ingestible dicts; the document id is its source."""
+    return [{"text": d.text, "source": d.id, "domain": d.domain} for d in world.documents]
+
+
+def ingest_local(world: World, config: CouncilConfig, console: Console) -> Any:
+    """Put the corpus into this process's store (idempotent: content-hash ids); returns the retriever."""
+    from council.backends.chroma import ChromaRetriever
+    from council.backends.embeddings import get_embedder
+
+    docs = corpus(world)
+    with console.status(f"ingesting {len(docs)} documents of the demo world into {config.retrieval.path}"):
+        retriever = ChromaRetriever(config.retrieval, get_embedder(config.retrieval.embedder))
+        retriever.ingest_texts([d["text"] for d in docs], tenant="public", sources=[d["source"] for d in docs])
+    console.print(f"[dim]store: {retriever.count()} chunks ({config.retrieval.path})[/]")
+    return retriever
+
+
+def ingest_served(world: World, client: Any, console: Console, batch: int = 100) -> None:
+    """Put the corpus into the served council's own store (POST /v1/documents): one process owns the store."""
+    docs = corpus(world)
+    with console.status(f"ingesting {len(docs)} documents of the demo world"):
+        for i in range(0, len(docs), batch):
+            client.ingest(docs[i : i + batch], tenant="public")
+    console.print(f"[dim]store: {client.status().get('chunks')} chunks[/]")
+
+
+def is_correct(q: Question, answer: CouncilAnswer) -> bool:
+    """Unanswerable: abstained or said unknown. Otherwise the gold value is the answer's content."""
+    said = " ".join(answer.answer.lower().replace(".", " ").split())
+    if q.answer == UNKNOWN:
+        return answer.abstained or said == UNKNOWN
+    return not answer.abstained and q.answer.lower() in said.split()
+
+
+def ask_all(questions: Sequence[Question], ask: Callable[[str], CouncilAnswer], console: Console) -> int:
+    """Ask every question, print each answer; returns how many were answered correctly."""
+    from council.cli import render_answer
+
+    right = 0
+    for i, q in enumerate(questions, 1):
+        console.rule(f"[bold]{i}. {q.split}[/] [dim]({KIND_NOTES[q.split]})[/]")
+        console.print(f"[bold]Q:[/] {q.question}   [dim]gold: {q.answer}[/]", highlight=False)
+        answer = ask(q.question)
+        ok = is_correct(q, answer)
+        right += ok
+        render_answer(answer, out=console, trims=True)
+        console.print("[green]✓ correct[/]" if ok else "[red]✗ wrong[/]")
+    return right
+
+
+def run_demo(
+    console: Console,
+    *,
+    once: bool,
+    in_process: bool,
+    config: Path | None = None,
+    port: int | None = None,
+    per_kind: int = 2,
+) -> None:
+    """The whole demo; without `once` it keeps serving until Ctrl-C after the questions."""
+    setup = demo_setup(config, console)
+    console.print(f"[bold]council demo[/] — {setup.note}", highlight=False)
+    world = demo_world()
+    questions = pick_questions(world, per_kind)
+    if in_process:
+        _run_in_process(setup, world, questions, console, once=once)
+    else:
+        _run_on_serve(setup, world, questions, console, once=once, port=port)
+
+
+def _run_in_process(
+    setup: DemoSetup, world: World, questions: Sequence[Question], console: Console, *, once: bool
+) -> None:
+    from council.local import build_local_council
+
+    retriever = ingest_local(world, setup.config, console)
+    with console.status("loading the specialists in this process"):
+        council = build_local_council(setup.config, retriever=retriever)
+    loop = asyncio.new_event_loop()
+    try:
+        right = ask_all(questions, lambda q: loop.run_until_complete(council.ask(AskRequest(q))), console)
+    finally:
+        loop.close()
+    _summary(right, len(questions), console)
+    if not once:
+        console.print("in-process mode serves nothing; run [bold]council demo[/] without --in-process to serve")
+
+
+def _run_on_serve(
+    setup: DemoSetup, world: World, questions: Sequence[Question], console: Console, *, once: bool, port: int | None
+) -> None:
+    from council.cli import block_until_signal, start_serve, stop_serve
+    from council.client import Client
+
+    settings = {**setup.settings, **({"port": port} if port else {})}
+    t0 = time.perf_counter()
+    try:
+        with console.status("starting Ray Serve: one deployment per specialist, retrieval, aggregator, router"):
+            url = start_serve(setup.app_args, **settings)
+        console.print(f"[dim]deployed in {time.perf_counter() - t0:.0f} s at {url}[/]")
+        with Client(url) as client:
+            ingest_served(world, client, console)
+            right = ask_all(questions, client.ask, console)
+        _summary(right, len(questions), console)
+        if once:
+            return
+        q = questions[0].question if questions else "what is the penalty under the kavo act ?"
+        console.print(f"\n[bold green]council serving[/] at {url} — Ctrl-C to stop. Try:")
+        console.print(f"  curl -s {url}/v1/council -d '{json.dumps({'question': q})}'", highlight=False)
+        console.print(f"  council ask {json.dumps(q)} --url {url}", highlight=False)
+        block_until_signal()
+    finally:
+        stop_serve()
+
+
+def _summary(right: int, total: int, console: Console) -> None:
+    console.rule()
+    console.print(f"[bold]{right}/{total}[/] answered as the world says (unanswerable = abstained or unknown)")
