@@ -1,0 +1,143 @@
+"""A specialist's own tokenizer: loading it, rendering its prompts and counting tokens (no weights)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from council.config import SpecialistConfig
+from council.errors import ConfigError, ModelLoadError
+from council.prompts import chat_messages, get_template
+
+log = logging.getLogger(__name__)
+
+# Config attributes that hold a model's context window, in the order model families use them.
+_WINDOW_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+
+def looks_local(source: str) -> bool:
+    """True when `source` names a folder rather than a hub id ('org/name' has exactly one slash)."""
+    if Path(source).expanduser().exists():
+        return True
+    return source.startswith(("/", ".", "~", os.sep)) or source.count("/") > 1
+
+
+@contextmanager
+def loading(what: str, source: str) -> Iterator[None]:
+    """Turn any failure to load `source` (missing folder, unknown hub id, bad files) into ModelLoadError."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise ModelLoadError(f"cannot load {what}: no such folder {source!r}", details={"path": source})
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises OSError, ValueError, HF hub errors, ... for a bad source
+        raise ModelLoadError(f"cannot load {what} from {source!r}: {e}", details={"path": source}) from e
+
+
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer of `source`, prepared for batched generation (left padding, a pad token)."""
+    from transformers import AutoTokenizer
+
+    with loading("tokenizer", source):
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(source).expanduser()) if looks_local(source) else source)
+    if tokenizer.pad_token is None:
+        # Causal LMs often ship without a pad token; eos is safe because padding is masked out.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model_config(source: str) -> Any:
+    """The model's config (architecture only, no weights)."""
+    from transformers import AutoConfig
+
+    with loading("model config", source):
+        return AutoConfig.from_pretrained(str(Path(source).expanduser()) if looks_local(source) else source)
+
+
+def context_window_of(model_config: Any, source: str = "model") -> int:
+    """The model's context window in tokens, read from whichever attribute its family uses."""
+    configs = [model_config, getattr(model_config, "text_config", None)]
+    for cfg in configs:
+        for attr in _WINDOW_ATTRS:
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                return value
+    raise ModelLoadError(f"{source}: the model config states no context window; set `context_window`")
+
+
+class TokenizerCounter:
+    """`TokenCounter` over a specialist's own tokenizer; also renders its prompts exactly as it will see them."""
+
+    def __init__(self, config: SpecialistConfig, tokenizer: Any, model_config: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.tokenizer = tokenizer
+        self.template = get_template(config.prompt_template)
+        self.max_new_tokens = config.generation.max_new_tokens
+        self._overheads: dict[int, int] = {}
+        self.context_window = config.context_window or context_window_of(model_config, config.model)
+        if self.context_window <= self.max_new_tokens:
+            raise ConfigError(
+                f"specialist {config.name}: generation.max_new_tokens={self.max_new_tokens} leaves no room "
+                f"for a prompt in a context window of {self.context_window} tokens"
+            )
+
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts go through the tokenizer's own chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt that still leaves room for `max_new_tokens`."""
+        return self.context_window - self.max_new_tokens
+
+    def render_prompt(self, question: str, passages: Sequence[str]) -> str:
+        """The full prompt text: the chat template when the tokenizer has one, else the named plain template."""
+        if not self.uses_chat_template:
+            return self.template.render(question, passages)
+        messages = chat_messages(self.template, question, passages)
+        try:
+            return str(self._apply_chat_template(messages))
+        except Exception:  # some chat templates refuse a system role: fold it into the user turn
+            system, user = messages
+            merged = [{"role": "user", "content": f"{system['content']}\n{user['content']}"}]
+            return str(self._apply_chat_template(merged))
+
+    def _apply_chat_template(self, messages: list[dict[str, str]]) -> Any:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt as the model gets them (a chat template already holds its specials)."""
+        ids = self.tokenizer(prompt, add_special_tokens=not self.uses_chat_template)["input_ids"]
+        return list(ids)
+
+    def count(self, text: str) -> int:
+        """Tokens `text` costs with this tokenizer, without special tokens."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_overhead(self) -> int:
+        """Tokens of the prompt with an empty question and no passages (specials included)."""
+        return self._empty_prompt_tokens(0)
+
+    def passage_overhead(self) -> int:
+        """Most tokens one more (empty) passage adds: an upper bound for passages numbered 1 to 99."""
+        return max(0, *(self._empty_prompt_tokens(k + 1) - self._empty_prompt_tokens(k) for k in (0, 1, 9)))
+
+    def _empty_prompt_tokens(self, n_passages: int) -> int:
+        # Cached: the budget code asks for overheads on every request.
+        if n_passages not in self._overheads:
+            prompt = self.render_prompt("", [""] * n_passages)
+            self._overheads[n_passages] = len(self.encode_prompt(prompt))
+        return self._overheads[n_passages]
+
+
+def load_tokenizer_counter(config: SpecialistConfig) -> TokenizerCounter:
+    """A TokenCounter for `config` that loads only the tokenizer and model config, never the weights."""
+    return TokenizerCounter(config, load_tokenizer(config.model), load_model_config(config.model))

@@ -1,0 +1,160 @@
+"""A council member backed by a Hugging Face causal LM: batched, left-padded, greedy by default."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from council.backends.tokens import (
+    TokenizerCounter,
+    load_model_config,
+    load_tokenizer,
+    load_tokenizer_counter,
+    loading,
+)
+from council.config import SpecialistConfig
+from council.types import Generation
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TransformersSpecialist", "cut_at_stop", "load_tokenizer_counter"]
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest of the stop strings."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def pick_device() -> str:
+    """'cuda' when a GPU is visible to this process, else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> Any:
+    """The torch dtype for the weights: fp32 on CPU always; on CUDA the config's, `auto` = bf16 if supported."""
+    import torch
+
+    if device != "cuda":
+        return torch.float32
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, _DTYPES[requested])
+
+
+def load_causal_lm(config: SpecialistConfig, device: str, dtype: Any) -> Any:
+    """The model (with its PEFT adapter merged in when one is configured), on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model: Any
+    with loading("model", config.model):
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+    if config.adapter:
+        from peft import PeftModel
+
+        with loading("adapter", config.adapter):
+            model = PeftModel.from_pretrained(model, config.adapter)
+        if hasattr(model, "merge_and_unload"):  # LoRA-style adapters fold into the weights: faster decoding
+            model = model.merge_and_unload()
+    return model.to(device).eval()
+
+
+class TransformersSpecialist(TokenizerCounter):
+    """Implements both `Specialist` (async generate) and `TokenCounter` (its own tokenizer's counts)."""
+
+    def __init__(self, config: SpecialistConfig) -> None:
+        super().__init__(config, load_tokenizer(config.model), load_model_config(config.model))
+        self.device = pick_device()
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.model = load_causal_lm(config, self.device, self.dtype)
+        self._stopping = self._stop_criteria()
+        # One forward pass at a time: Serve batches requests, and threads would only fight over the cores.
+        self._lock = threading.Lock()
+        log.info("specialist %s: %s on %s (%s)", self.name, config.model, self.device, self.dtype)
+
+    def _stop_criteria(self) -> Any:
+        # Built once: StopStringCriteria preprocesses the whole vocabulary.
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        stops = [s for s in self.config.generation.stop if s]
+        return StoppingCriteriaList([StopStringCriteria(self.tokenizer, stops)]) if stops else None
+
+    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
+        """Answer one question from its passages (runs the batch path in a worker thread)."""
+        [generation] = await asyncio.to_thread(self.generate_batch, [(question, passages)])
+        return generation
+
+    def generate_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[Generation]:
+        """Answer several (question, passages) pairs in one padded forward batch."""
+        return self.generate_texts([self.render_prompt(q, p) for q, p in items])
+
+    def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int | None = None) -> list[Generation]:
+        """Generate for already-rendered prompts; one Generation each, in order."""
+        if not prompts:
+            return []
+        start = time.perf_counter()
+        ids = [self._fit(self.encode_prompt(p)) for p in prompts]
+        new_tokens = self._run(ids, max_new_tokens or self.max_new_tokens)
+        latency = time.perf_counter() - start
+        return [self._finish(row, len(prompt), latency) for row, prompt in zip(new_tokens, ids, strict=True)]
+
+    def healthy(self) -> bool:
+        """Whether a one-token generation works."""
+        try:
+            self.generate_texts(["ok"], max_new_tokens=1)
+            return True
+        except Exception:
+            log.exception("specialist %s failed its health check", self.name)
+            return False
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        # Cut from the left: the question sits at the end of the prompt and must survive.
+        if len(ids) <= self.max_prompt_tokens:
+            return ids
+        log.warning(
+            "specialist %s: prompt of %d tokens cut to %d to fit a %d-token window with %d new tokens",
+            self.name, len(ids), self.max_prompt_tokens, self.context_window, self.max_new_tokens,
+        )  # fmt: skip
+        return ids[-self.max_prompt_tokens :]
+
+    def _run(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Left-pad, generate, and return each row's new tokens (padding after a stop included)."""
+        import torch
+
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                stopping_criteria=self._stopping,
+                pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **self._sampling(),
+            )
+        return [row.tolist() for row in out[:, width:].cpu()]
+
+    def _sampling(self) -> dict[str, Any]:
+        g = self.config.generation
+        if not g.do_sample:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p}
+
+    def _finish(self, new_ids: list[int], prompt_tokens: int, latency: float) -> Generation:
+        # A finished row is filled with pad (often = eos): count only what came before the first of them.
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        n = next((i for i, t in enumerate(new_ids) if t in ends), len(new_ids))
+        text = self.tokenizer.decode(new_ids[:n], skip_special_tokens=True)
+        text = cut_at_stop(text, self.config.generation.stop).strip()
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=n, latency_s=latency)
