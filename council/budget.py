@@ -93,7 +93,8 @@ def labelled_orderings(
 
     The first is `order(chunks, base, seed=seed)`; then the other named orderings (reverse, edges,
     relevance), then seeded shuffles, all labelled "random". Fewer than `n` come back when fewer
-    distinct arrangements exist (one chunk has exactly one). Deterministic for a given seed.
+    distinct arrangements exist (one chunk, or chunks with the same text, have exactly one).
+    Deterministic for a given seed.
     """
     if n < 1:
         raise InvalidRequest(f"orderings={n} is out of range: must be at least 1")
@@ -103,7 +104,8 @@ def labelled_orderings(
 
     def offer(label: str, idx: Sequence[int]) -> None:
         arranged = [chunks[i] for i in idx]
-        key = tuple(c.id for c in arranged)
+        # Distinct as the model sees them: swapping two chunks with the same text changes nothing.
+        key = tuple(c.text for c in arranged)
         if len(out) < n and key not in seen:
             seen.add(key)
             out.append((label, arranged))

@@ -169,6 +169,14 @@ def test_orderings_returns_all_distinct_when_fewer_exist(m: int, expected: int) 
     assert len({tuple(ids(p)) for p in perms}) == expected
 
 
+def test_orderings_count_arrangements_by_text() -> None:
+    # Two chunks with the same text: swapping them would send the model the same prompt.
+    twins = [Chunk("a", "same."), Chunk("b", "same."), Chunk("c", "other.")]
+    assert [[c.text for c in p] for p in orderings(twins, 8)] == [
+        ["same.", "same.", "other."], ["other.", "same.", "same."], ["same.", "other.", "same."],
+    ]
+
+
 def test_labelled_orderings_labels() -> None:
     labels = [label for label, _ in labelled_orderings(FIVE, 5, base="relevance")]
     assert labels == ["relevance", "reverse", "edges", "random", "random"]
