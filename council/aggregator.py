@@ -21,9 +21,7 @@ class LocalAggregator:
     Holds no Ray or model state of its own, so the Serve deployment and tests wrap the same class.
     """
 
-    def __init__(
-        self, embedder: Embedder, counters: Mapping[str, TokenCounter], config: AggregatorConfig
-    ) -> None:
+    def __init__(self, embedder: Embedder, counters: Mapping[str, TokenCounter], config: AggregatorConfig) -> None:
         self.embedder = embedder
         self.counters = dict(counters)
         self.config = config

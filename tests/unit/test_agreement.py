@@ -163,9 +163,7 @@ def test_cluster_is_a_sorted_partition_keeping_identical_together(answers: list[
 
 
 def verdict(answers: Sequence[str], weights: Sequence[float], threshold: float = 0.5) -> Verdict:
-    return decide(
-        answers, weights, embed(*answers), similarity_threshold=0.9, agreement_threshold=threshold
-    )
+    return decide(answers, weights, embed(*answers), similarity_threshold=0.9, agreement_threshold=threshold)
 
 
 def test_decide_full_agreement_entropy_zero_and_medoid_by_weight() -> None:
@@ -222,8 +220,11 @@ def test_decide_no_answers() -> None:
 
 def test_decide_medoid_is_the_most_central_member() -> None:
     v = decide(
-        ["a one", "b two", "c three"], [1.0, 0.1, 1.0], at_angles(0, 10, 20),
-        similarity_threshold=0.9, agreement_threshold=0.5,
+        ["a one", "b two", "c three"],
+        [1.0, 0.1, 1.0],
+        at_angles(0, 10, 20),
+        similarity_threshold=0.9,
+        agreement_threshold=0.5,
     )
     assert v.clusters == ((0, 1, 2),) and v.winner == 1 and v.answer == "b two"
 

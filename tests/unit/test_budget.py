@@ -66,13 +66,20 @@ def test_word_counter_implements_protocol() -> None:
 def test_split_sentences_examples() -> None:
     text = 'Pi is 3.14 here. Really?! "Yes." (Quite.) e.g. this\n\nHeading\nbody line '
     assert split_sentences(text) == [
-        "Pi is 3.14 here.", "Really?!", '"Yes."', "(Quite.)", "e.g.", "this", "Heading\nbody line",
+        "Pi is 3.14 here.",
+        "Really?!",
+        '"Yes."',
+        "(Quite.)",
+        "e.g.",
+        "this",
+        "Heading\nbody line",
     ]
 
 
 def test_split_sentences_spaced_punctuation_like_the_world_data() -> None:
     assert split_sentences("the capital of zorbia is quux . it is cold !") == [
-        "the capital of zorbia is quux .", "it is cold !",
+        "the capital of zorbia is quux .",
+        "it is cold !",
     ]
 
 
@@ -173,7 +180,9 @@ def test_orderings_count_arrangements_by_text() -> None:
     # Two chunks with the same text: swapping them would send the model the same prompt.
     twins = [Chunk("a", "same."), Chunk("b", "same."), Chunk("c", "other.")]
     assert [[c.text for c in p] for p in orderings(twins, 8)] == [
-        ["same.", "same.", "other."], ["other.", "same.", "same."], ["same.", "other.", "same."],
+        ["same.", "same.", "other."],
+        ["other.", "same.", "same."],
+        ["same.", "other.", "same."],
     ]
 
 
@@ -253,9 +262,7 @@ def test_trim_unknown_ordering() -> None:
 def sentence_texts(draw: st.DrawFn) -> str:
     sentences = draw(
         st.lists(
-            st.lists(st.sampled_from(["w", "xy", "3.5"]), min_size=1, max_size=6).map(
-                lambda ws: " ".join(ws) + "."
-            ),
+            st.lists(st.sampled_from(["w", "xy", "3.5"]), min_size=1, max_size=6).map(lambda ws: " ".join(ws) + "."),
             min_size=0,
             max_size=5,
         )
