@@ -74,7 +74,7 @@ class LocalAggregator:
         return np.asarray(self.embedder.embed(list(texts)))
 
     async def aggregate(self, members: Sequence[MemberAnswer]) -> Verdict:
-        """The council's verdict over the members that answered, each weighted by its router score.
+        """The council's verdict over the members that answered, weighted by `route_weight(route_score)`.
 
         Failed or cancelled members are left out, so the Verdict's indices (clusters, winner) refer
         to the `.ok` members in their given order. No successful member: an abstaining Verdict.
@@ -83,7 +83,7 @@ class LocalAggregator:
         answers = [m.answer or "" for m in ok]
         return agreement.decide(
             answers,
-            [m.route_score for m in ok],
+            [agreement.route_weight(m.route_score) for m in ok],
             self._embed(answers),
             similarity_threshold=self.config.similarity_threshold,
             agreement_threshold=self.config.agreement_threshold,

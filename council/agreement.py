@@ -107,6 +107,17 @@ class Verdict:
     winner: int | None
 
 
+def route_weight(score: float) -> float:
+    """A member's say in the vote from its router cosine: mapped from [-1, 1] onto [0, 1].
+
+    Raw cosines of small embedders sit close to 0 and may be negative; using them as weights directly
+    would hand one barely-positive member the whole vote. The affine map keeps the ranking and the
+    relative preference for better-routed members while every chosen member keeps a real say.
+    """
+    s = float(score) if math.isfinite(score) else -1.0
+    return (min(1.0, max(-1.0, s)) + 1.0) / 2.0
+
+
 def _weights(weights: Sequence[float]) -> list[float]:
     # Router scores are cosines and may be <= 0; a member that answered still gets a tiny say,
     # and if every score is <= 0 they all get the same epsilon, i.e. equal weights.

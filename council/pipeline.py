@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from council import routing
+from council.agreement import route_weight
 from council.config import NAME_RE, CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
 from council.protocols import Aggregator, Embedder, Retriever, Specialist
@@ -234,7 +235,7 @@ class Council:
         verdict = await self.aggregator.aggregate(answered)
         if verdict.abstained or verdict.winner is None:
             return False
-        weights = {n: max(scores[n], 1e-6) for n in chosen}
+        weights = {n: max(route_weight(scores[n]), 1e-6) for n in chosen}
         winners = next(c for c in verdict.clusters if verdict.winner in c)
         share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
         # Share of ALL chosen members' weight: stragglers cannot overturn it.

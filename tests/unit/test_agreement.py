@@ -20,6 +20,7 @@ from council.agreement import (
     decide,
     is_unknown,
     normalise,
+    route_weight,
     vote,
 )
 from council.config import AggregatorConfig
@@ -291,18 +292,19 @@ def test_local_aggregator_implements_protocol() -> None:
     assert isinstance(make(HashEmbedder()), Aggregator)
 
 
-async def test_aggregate_uses_only_ok_members_weighted_by_route_score_in_one_embed_call() -> None:
+async def test_aggregate_uses_only_ok_members_weighted_by_route_weight_in_one_embed_call() -> None:
     emb = HashEmbedder()
     members = [
         MemberAnswer("a", 0.9, answer="Paris."),
         MemberAnswer("b", 0.8, error="TimeoutError: slow"),
         MemberAnswer("c", 0.7, answer="london", cancelled=True),
-        MemberAnswer("d", 0.2, answer="london"),
-        MemberAnswer("e", 0.1, answer="london"),
+        MemberAnswer("d", -0.6, answer="london"),
+        MemberAnswer("e", -0.8, answer="london"),
     ]
     v = await make(emb, agreement_threshold=0.6).aggregate(members)
     assert emb.calls == [["Paris.", "london", "london"]]
-    assert v.answer == "Paris." and v.agreement == pytest.approx(0.9 / 1.2)
+    # Weights are route_weight(score) = (score + 1) / 2: 0.95 for Paris against 0.2 + 0.1 for london.
+    assert v.answer == "Paris." and v.agreement == pytest.approx(0.95 / 1.25)
     assert v.clusters == ((1, 2), (0,)) and v.winner == 0  # indices of the ok members
 
 
@@ -325,3 +327,10 @@ async def test_vote_and_vote_orderings_embed_once() -> None:
     assert await agg.vote(answers) == (1, pytest.approx(2 / 3))
     assert agg.vote_orderings(answers) == ("Rome.", pytest.approx(2 / 3))
     assert emb.calls == [answers, answers]
+
+
+@pytest.mark.parametrize(
+    ("score", "weight"), [(-1.0, 0.0), (0.0, 0.5), (1.0, 1.0), (0.2, 0.6), (7.0, 1.0), (float("nan"), 0.0)]
+)
+def test_route_weight_maps_cosine_onto_unit_interval(score: float, weight: float) -> None:
+    assert route_weight(score) == pytest.approx(weight)
