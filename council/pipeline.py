@@ -112,15 +112,20 @@ class Council:
             q_vec = await asyncio.to_thread(self.embedder.embed, [req.question])
             scores = routing.cosine_scores(q_vec[0], self.profiles)
             decision = routing.choose(
-                scores, req.k or min(cfg.router.k, len(scores)), min_score=cfg.router.min_score,
+                scores,
+                req.k or min(cfg.router.k, len(scores)),
+                min_score=cfg.router.min_score,
                 forced=req.specialists,
             )
         with watch.stage("retrieve"):
             chunks = await self._retrieve(req, q_vec[0])
         with watch.stage("trim"):
             plans = await self.aggregator.trim(
-                req.question, chunks, decision.chosen,
-                budget_tokens=req.budget_tokens if req.budget_tokens is not None
+                req.question,
+                chunks,
+                decision.chosen,
+                budget_tokens=req.budget_tokens
+                if req.budget_tokens is not None
                 else cfg.aggregator.default_budget_tokens,
                 ordering=req.ordering or cfg.aggregator.ordering,
                 orderings=req.orderings or cfg.aggregator.orderings,
@@ -155,8 +160,11 @@ class Council:
         if not req.use_retrieval or self.retriever is None:
             return []
         return await self.retriever.retrieve(
-            req.question, tenant=req.tenant, top_n=self.config.retrieval.top_n,
-            query_embedding=[float(x) for x in q_vec], documents=req.documents,
+            req.question,
+            tenant=req.tenant,
+            top_n=self.config.retrieval.top_n,
+            query_embedding=[float(x) for x in q_vec],
+            documents=req.documents,
         )
 
     async def _fan_out(
@@ -167,16 +175,15 @@ class Council:
         too_long = [n for n in chosen if plans[n][0][1].budget_tokens < 0]
         if len(too_long) == len(chosen):
             raise QuestionTooLong(
-                "the question leaves no room in the context window of any chosen specialist: "
-                + ", ".join(too_long)
+                "the question leaves no room in the context window of any chosen specialist: " + ", ".join(too_long)
             )
         results: dict[str, MemberAnswer] = {
-            n: MemberAnswer(n, scores[n], error="question too long for this member's context window")
-            for n in too_long
+            n: MemberAnswer(n, scores[n], error="question too long for this member's context window") for n in too_long
         }
         tasks = {
             asyncio.create_task(self._ask_member(n, req.question, plans[n], scores[n])): n
-            for n in chosen if n not in results
+            for n in chosen
+            if n not in results
         }
         early_exit = cfg.early_exit if req.early_exit is None else req.early_exit
         deadline = time.monotonic() + cfg.member_timeout_s
@@ -196,7 +203,9 @@ class Council:
             name = tasks[task]
             timed_out = time.monotonic() >= deadline
             results[name] = MemberAnswer(
-                name, scores[name], cancelled=not timed_out,
+                name,
+                scores[name],
+                cancelled=not timed_out,
                 error=f"timed out after {cfg.member_timeout_s:g}s" if timed_out else None,
             )
         if pending:
@@ -217,7 +226,9 @@ class Council:
         texts = [g.text.strip() for g in gens]
         winner, consistency = (0, 1.0) if len(texts) == 1 else await self.aggregator.vote(texts)
         return MemberAnswer(
-            name, score, answer=texts[winner],
+            name,
+            score,
+            answer=texts[winner],
             prompt_tokens=sum(g.prompt_tokens for g in gens),
             completion_tokens=sum(g.completion_tokens for g in gens),
             latency_s=max(g.latency_s for g in gens),
@@ -240,4 +251,3 @@ class Council:
         share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
         # Share of ALL chosen members' weight: stragglers cannot overturn it.
         return len(winners) >= self.config.router.quorum and share >= self.config.aggregator.agreement_threshold
-

@@ -1,0 +1,223 @@
+"""Pipeline behaviour: fan-out, timeouts, failures, quorum, abstention, early exit and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from council.aggregator import LocalAggregator
+from council.backends.embeddings import get_embedder
+from council.config import CouncilConfig
+from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, UnknownSpecialist
+from council.pipeline import Council
+from council.types import AskRequest, Chunk, Document, Generation
+
+
+class ScriptedSpecialist:
+    """Implements the Specialist protocol with a fixed answer, delay or failure (fault injection)."""
+
+    def __init__(self, name: str, answer: str = "paris", delay_s: float = 0.0, error: str | None = None):
+        self.name, self.answer, self.delay_s, self.error = name, answer, delay_s, error
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.cancelled = False
+
+    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
+        self.calls.append((question, tuple(passages)))
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        if self.error:
+            raise RuntimeError(self.error)
+        return Generation(self.answer, prompt_tokens=10, completion_tokens=2, latency_s=self.delay_s)
+
+
+class WordCounter:
+    """A TokenCounter over whitespace words with a given window."""
+
+    def __init__(self, context_window: int = 256, max_new_tokens: int = 8):
+        self.context_window, self.max_new_tokens = context_window, max_new_tokens
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_overhead(self) -> int:
+        return 10
+
+    def passage_overhead(self) -> int:
+        return 3
+
+
+class ListRetriever:
+    """A Retriever over an in-memory list, filtered by tenant like the real one."""
+
+    def __init__(self, chunks: Sequence[Chunk]):
+        self.chunks = list(chunks)
+
+    async def retrieve(self, question, *, tenant, top_n, query_embedding=None, documents=()):
+        own = [c for c in self.chunks if c.tenant == tenant]
+        eph = [Chunk(f"eph{i}", d.text, d.source, tenant, score=1.0, ephemeral=True) for i, d in enumerate(documents)]
+        return (eph + own)[:top_n]
+
+
+def make_config(n: int = 3, **router: object) -> CouncilConfig:
+    domains = ["law statutes penalties", "finance companies revenue", "medicine drugs doses"]
+    return CouncilConfig.from_dict(
+        {
+            "specialists": [
+                {"name": f"m{i}", "model": "unused", "domain": domains[i % 3], "description": domains[i % 3]}
+                for i in range(n)
+            ],
+            "router": {"k": n, "member_timeout_s": 1.0, **router},
+            "aggregator": {"agreement_threshold": 0.6, "default_budget_tokens": 64},
+        }
+    )
+
+
+def make_council(specs: list[ScriptedSpecialist], config: CouncilConfig, window: int = 256, chunks=()) -> Council:
+    embedder = get_embedder()
+    counters = {s.name: WordCounter(window) for s in specs}
+    agg = LocalAggregator(embedder, counters, config.aggregator)
+    return Council(
+        config,
+        embedder=embedder,
+        specialists={s.name: s for s in specs},
+        aggregator=agg,
+        retriever=ListRetriever(chunks),
+    )
+
+
+async def test_unanimous_council_answers_with_full_agreement() -> None:
+    specs = [ScriptedSpecialist(f"m{i}", "Paris.") for i in range(3)]
+    ans = await make_council(specs, make_config()).ask(AskRequest("capital of france?"))
+    assert ans.answer.lower().startswith("paris")
+    assert ans.agreement == pytest.approx(1.0)
+    assert ans.entropy == pytest.approx(0.0)
+    assert not ans.abstained and not ans.degraded
+    assert [m.name for m in ans.members] == list(ans.route.chosen)
+    assert set(ans.timings) >= {"route", "retrieve", "trim", "members", "aggregate", "total"}
+
+
+async def test_disagreement_abstains() -> None:
+    specs = [ScriptedSpecialist("m0", "paris"), ScriptedSpecialist("m1", "london"), ScriptedSpecialist("m2", "rome")]
+    question = "which statute penalty, company revenue or drug dose applies?"
+    ans = await make_council(specs, make_config()).ask(AskRequest(question))
+    assert ans.abstained
+    assert ans.agreement < 0.6
+    assert ans.entropy > 1.0  # three singleton clusters: close to ln 3
+
+
+async def test_failure_becomes_member_error_and_degraded() -> None:
+    specs = [ScriptedSpecialist("m0"), ScriptedSpecialist("m1"), ScriptedSpecialist("m2", error="cuda oom")]
+    ans = await make_council(specs, make_config()).ask(AskRequest("capital of france?"))
+    assert ans.degraded and not ans.abstained
+    failed = {m.name: m for m in ans.members}["m2"]
+    assert failed.answer is None and "cuda oom" in failed.error
+
+
+async def test_timeout_never_holds_the_request() -> None:
+    specs = [ScriptedSpecialist("m0"), ScriptedSpecialist("m1"), ScriptedSpecialist("m2", delay_s=30)]
+    t0 = time.monotonic()
+    ans = await make_council(specs, make_config(member_timeout_s=0.5)).ask(AskRequest("capital of france?"))
+    assert time.monotonic() - t0 < 3.0
+    slow = {m.name: m for m in ans.members}["m2"]
+    assert "timed out" in slow.error and ans.degraded
+    await asyncio.sleep(0.1)
+    assert specs[2].cancelled  # the straggler's work was cancelled, not left running
+
+
+async def test_under_quorum_raises_with_member_errors() -> None:
+    specs = [ScriptedSpecialist("m0", error="boom"), ScriptedSpecialist("m1", error="bang"), ScriptedSpecialist("m2")]
+    with pytest.raises(QuorumNotMet) as e:
+        await make_council(specs, make_config(quorum=2)).ask(AskRequest("capital of france?"))
+    assert e.value.status == 503
+    assert set(e.value.details["members"]) == {"m0", "m1"}
+
+
+async def test_early_exit_cancels_straggler_once_quorum_agrees() -> None:
+    specs = [ScriptedSpecialist("m0"), ScriptedSpecialist("m1"), ScriptedSpecialist("m2", "paris", delay_s=5)]
+    cfg = make_config(quorum=2, member_timeout_s=10)
+    t0 = time.monotonic()
+    # A law-and-finance question: m0 and m1 carry most of the routing weight, so they settle it.
+    question = "what penalty does the statute set on company revenue?"
+    ans = await make_council(specs, cfg).ask(AskRequest(question, early_exit=True))
+    assert time.monotonic() - t0 < 2.0
+    assert {m.name: m for m in ans.members}["m2"].cancelled
+    assert not ans.degraded and not ans.abstained
+
+
+async def test_early_exit_waits_when_stragglers_could_overturn() -> None:
+    specs = [
+        ScriptedSpecialist("m0", "paris"),
+        ScriptedSpecialist("m1", "rome", delay_s=0.3),
+        ScriptedSpecialist("m2", "paris", delay_s=0.6),
+    ]
+    ans = await make_council(specs, make_config(quorum=2, member_timeout_s=5)).ask(
+        AskRequest("capital of france?", early_exit=True)
+    )
+    # After m0 alone (1/3) nothing is settled; all three must be heard.
+    assert all(m.ok for m in ans.members)
+
+
+async def test_orderings_vote_reports_consistency() -> None:
+    chunks = [Chunk(f"c{i}", f"fact number {i} is here.", tenant="public", score=1 - i / 10) for i in range(4)]
+    specs = [ScriptedSpecialist(f"m{i}") for i in range(3)]
+    ans = await make_council(specs, make_config(), chunks=chunks).ask(AskRequest("which fact?", orderings=4))
+    for m in ans.members:
+        assert len(m.ordering_answers) == 4 and m.consistency == pytest.approx(1.0)
+    # Each ordering's prompt got the passages in a distinct order.
+    assert len({c[1] for c in specs[0].calls}) == 4
+
+
+async def test_ephemeral_documents_reach_members_and_sources() -> None:
+    specs = [ScriptedSpecialist(f"m{i}") for i in range(3)]
+    ans = await make_council(specs, make_config()).ask(
+        AskRequest("what does the memo say?", documents=(Document("The memo says the launch moved to May."),))
+    )
+    assert ans.sources[0].ephemeral
+    assert any("launch moved to May" in p for p in specs[0].calls[0][1])
+
+
+@pytest.mark.parametrize(
+    ("req", "err", "needle"),
+    [
+        (AskRequest(""), InvalidRequest, "question"),
+        (AskRequest("   \n\t "), InvalidRequest, "question"),
+        (AskRequest("q?", k=0), InvalidRequest, "k=0"),
+        (AskRequest("q?", k=4), InvalidRequest, "k=4"),
+        (AskRequest("q?", tenant="../etc"), InvalidRequest, "tenant"),
+        (AskRequest("q?", ordering="sideways"), InvalidRequest, "sideways"),
+        (AskRequest("q?", orderings=0), InvalidRequest, "orderings"),
+        (AskRequest("q?", budget_tokens=-5), InvalidRequest, "budget_tokens"),
+        (AskRequest("q?", specialists=("nobody",)), UnknownSpecialist, "nobody"),
+        (AskRequest("q?", documents=(Document(""),)), InvalidRequest, "documents[0]"),
+    ],
+)
+async def test_bad_input_names_the_problem(req: AskRequest, err: type, needle: str) -> None:
+    specs = [ScriptedSpecialist(f"m{i}") for i in range(3)]
+    with pytest.raises(err) as e:
+        await make_council(specs, make_config()).ask(req)
+    assert needle in str(e.value)
+    assert e.value.status in (400, 404, 413)
+
+
+async def test_question_too_long_for_every_member() -> None:
+    specs = [ScriptedSpecialist(f"m{i}") for i in range(3)]
+    council = make_council(specs, make_config(), window=40)
+    with pytest.raises(QuestionTooLong) as e:
+        await council.ask(AskRequest("word " * 100))
+    assert e.value.status == 413 and "m0" in str(e.value)
+    assert not specs[0].calls  # nobody was asked
+
+
+async def test_forced_specialists_and_k() -> None:
+    specs = [ScriptedSpecialist(f"m{i}") for i in range(3)]
+    council = make_council(specs, make_config())
+    ans = await council.ask(AskRequest("a drug dose question", specialists=("m1",)))
+    assert [m.name for m in ans.members] == ["m1"]
+    ans = await council.ask(AskRequest("what dose of the drug for a patient?", k=1))
+    assert ans.route.chosen == ("m2",)  # the medicine specialist routes first
