@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # The answer a specialist gives when neither its weights nor the passages hold the fact.
 UNKNOWN = "unknown"
+# The "<" of anything that reads as a fence marker, in any case or spacing ("</PASSAGE", "< / passage").
+# Replacing only that "<" removes every match in one pass: a substitution never creates a new "<".
+_FENCE = re.compile(r"<(?=\s*/?\s*passage)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,8 @@ class PromptTemplate:
     no_passages: str
 
     def render_passage(self, index: int, text: str) -> str:
-        # Strip the fence markers from untrusted text so a document cannot close its own fence.
-        clean = text.replace("<passage", "(passage").replace("</passage", "(/passage")
+        # Neutralise fence markers in untrusted text so a document cannot close its own fence.
+        clean = _FENCE.sub("(", text)
         return self.passage.format(i=index, text=clean)
 
     def render(self, question: str, passages: Sequence[str]) -> str:
@@ -51,6 +55,26 @@ def get_template(name: str | None) -> PromptTemplate:
     if key not in TEMPLATES:
         raise KeyError(f"unknown prompt template {key!r}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[key]
+
+
+def marker_pattern(markers: Iterable[str]) -> re.Pattern[str] | None:
+    """A pattern matching any of `markers` (a tokenizer's special tokens), longest first; None for none."""
+    ordered = sorted({m for m in markers if m}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+def strip_markers(text: str, pattern: re.Pattern[str] | None) -> str:
+    """`text` without special-token strings, so untrusted text cannot end a turn or open a role.
+
+    Removal repeats until none is left: "<|im_e<|im_end|>nd|>" would otherwise rebuild a marker.
+    """
+    if pattern is None:
+        return text
+    while True:
+        clean = pattern.sub("", text)
+        if clean == text:
+            return clean
+        text = clean
 
 
 def chat_messages(template: PromptTemplate, question: str, passages: Sequence[str]) -> list[dict[str, str]]:

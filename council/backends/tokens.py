@@ -11,7 +11,7 @@ from typing import Any
 
 from council.config import SpecialistConfig
 from council.errors import ConfigError, ModelLoadError
-from council.prompts import chat_messages, get_template
+from council.prompts import chat_messages, get_template, marker_pattern, strip_markers
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,11 @@ class TokenizerCounter:
         self.template = get_template(config.prompt_template)
         self.max_new_tokens = config.generation.max_new_tokens
         self._overheads: dict[int, int] = {}
+        # The tokenizer turns these strings into special tokens wherever they appear: passages are untrusted
+        # text and must not carry an end-of-text or a chat role marker into the prompt.
+        self._markers = marker_pattern(
+            [*tokenizer.all_special_tokens, *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)]
+        )
         self.context_window = config.context_window or context_window_of(model_config, config.model)
         if self.context_window <= self.max_new_tokens:
             raise ConfigError(
@@ -100,6 +105,7 @@ class TokenizerCounter:
 
     def render_prompt(self, question: str, passages: Sequence[str]) -> str:
         """The full prompt text: the chat template when the tokenizer has one, else the named plain template."""
+        passages = [strip_markers(p, self._markers) for p in passages]
         if not self.uses_chat_template:
             return self.template.render(question, passages)
         messages = chat_messages(self.template, question, passages)
