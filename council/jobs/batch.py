@@ -1,0 +1,444 @@
+"""Batch job: a Parquet file of questions -> Parquet parts of council answers via Ray Data; resumable, exactly once.
+
+    python -m council.jobs.batch --input questions.parquet --output answers/ --app council
+    python -m council.jobs.batch --input questions.parquet --output answers/ --config council.yaml
+
+How resuming works. Actors in a Ray Data pool answer batches; the driver alone writes each answered batch
+as one part file, `part-<shard>.parquet`, where the shard id is a hash of the ids it holds, and writes it
+atomically (temporary name, fsync, rename). A part therefore exists whole or not at all. A rerun with the
+same output folder reads the ids of the parts already there and asks only the rest, so a crash or a stopped
+job loses at most the batches in flight and never writes an id twice. One writer (the driver) also means
+that nothing writes after a stopped job's driver is gone, and the output folder need only be visible to
+the driver, not to every node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from council.errors import ConfigError
+from council.jobs._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_common_args,
+    bad_file,
+    connect_ray,
+    load_config,
+    remove_stale_temps,
+    run_main,
+    setup_logging,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger("council.jobs.batch")
+
+REQUIRED_COLUMNS = ("id", "question")
+OPTIONAL_COLUMNS = ("tenant", "k")
+PART_GLOB = "part-*.parquet"
+
+MEMBER_TYPE = pa.struct(
+    [
+        ("name", pa.string()),
+        ("route_score", pa.float64()),
+        ("answer", pa.string()),
+        ("error", pa.string()),
+        ("cancelled", pa.bool_()),
+        ("latency_s", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("consistency", pa.float64()),
+    ]
+)
+SOURCE_TYPE = pa.struct(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("tenant", pa.string()),
+        ("domain", pa.string()),
+        ("score", pa.float64()),
+        ("text", pa.string()),
+    ]
+)
+# One explicit schema for every part: parts written by different runs always concatenate.
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("tenant", pa.string()),
+        ("answer", pa.string()),
+        ("agreement", pa.float64()),
+        ("entropy", pa.float64()),
+        ("abstained", pa.bool_()),
+        ("degraded", pa.bool_()),
+        ("members", pa.list_(MEMBER_TYPE)),
+        ("sources", pa.list_(SOURCE_TYPE)),
+        ("latency_ms", pa.float64()),
+        ("error", pa.string()),
+    ]
+)
+
+# Failures worth another try: the council (or one replica) was busy or restarting, not wrong.
+_TRANSIENT = {
+    "BackPressureError",
+    "Overloaded",
+    "DeploymentUnavailableError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "RayActorError",
+}
+
+
+@dataclass(frozen=True)
+class Questions:
+    """What the input holds: its Parquet files, the columns the job reads, and every id."""
+
+    files: list[str]
+    columns: list[str]
+    ids: pa.ChunkedArray
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _check_schema(path: str, schema: pa.Schema) -> None:
+    names = schema.names
+    for col in REQUIRED_COLUMNS:
+        if col not in names:
+            raise bad_file(path, f"missing required column {col!r} (columns: {', '.join(names) or 'none'})", column=col)
+        if not _is_string(schema.field(col).type):
+            raise bad_file(path, f"column {col!r} must be a string column, not {schema.field(col).type}", column=col)
+    if "tenant" in names and not _is_string(t := schema.field("tenant").type):
+        raise bad_file(path, f"column 'tenant' must be a string column, not {t}", column="tenant")
+    if "k" in names and not pa.types.is_integer(t := schema.field("k").type):
+        raise bad_file(path, f"column 'k' must be an integer column, not {t}", column="k")
+
+
+def inspect_input(path: str | Path) -> Questions:
+    """Check the input (one Parquet file or a folder of them) before anything runs or is written.
+
+    Raises BadInputFile naming the file, and the column where one is at fault: unreadable Parquet,
+    a missing or mistyped column, a null or repeated id.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise bad_file(root, "no such file or folder")
+    files = sorted(str(f) for f in root.rglob("*.parquet")) if root.is_dir() else [str(root)]
+    if not files:
+        raise bad_file(root, "the folder holds no .parquet files")
+    id_chunks: list[pa.ChunkedArray] = []
+    present: list[set[str]] = []
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+            _check_schema(f, schema)
+            id_chunks.append(pq.read_table(f, columns=["id"]).column("id").cast(pa.string()))
+        except (OSError, pa.ArrowException) as e:
+            raise bad_file(f, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+        present.append(set(schema.names))
+    ids = pa.chunked_array([c for chunk in id_chunks for c in chunk.chunks], type=pa.string())
+    _check_ids(str(root), ids)
+    optional = [c for c in OPTIONAL_COLUMNS if all(c in p for p in present)]
+    return Questions(files=files, columns=[*REQUIRED_COLUMNS, *optional], ids=ids)
+
+
+def _check_ids(path: str, ids: pa.ChunkedArray) -> None:
+    if ids.null_count:
+        raise bad_file(path, f"column 'id' has {ids.null_count} null value(s); every question needs an id", column="id")
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        sample = ", ".join(repr(v["values"]) for v in repeated.to_pylist()[:5])
+        raise bad_file(
+            path, f"column 'id' repeats {len(repeated)} id(s), e.g. {sample}; ids must be unique", column="id"
+        )
+
+
+def answered_ids(out: Path) -> list[str]:
+    """Every id in the finished parts under `out` (with repeats, so a caller can count them)."""
+    ids: list[str] = []
+    for part in sorted(out.glob(PART_GLOB)):
+        try:
+            ids.extend(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+        except (OSError, pa.ArrowException) as e:
+            raise bad_file(part, f"is not a readable answers part ({e}); move it away to recompute its rows") from None
+    return ids
+
+
+def shard_id(ids: Sequence[str]) -> str:
+    """A part's name: a hash of the ids it holds, so rewriting the same batch replaces, never duplicates."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    return digest[:20]
+
+
+def read_answers(out: str | Path) -> pa.Table:
+    """All finished parts under `out` as one table (empty with the output schema when there are none)."""
+    parts = sorted(Path(out).glob(PART_GLOB))
+    if not parts:
+        return OUTPUT_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=OUTPUT_SCHEMA) for p in parts])
+
+
+# --- answering (runs inside Ray Data actors) -------------------------------------------------------------
+
+
+def _drop_answered(batch: pa.Table, done: pa.Array) -> pa.Table:
+    """Rows whose id is not yet in the output."""
+    return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
+
+
+def answer_row(row: dict[str, Any], answer: dict[str, Any] | None, error: str | None = None) -> dict[str, Any]:
+    """One output row from an input row and the council's answer dict (or the error that replaced it)."""
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "question": row["question"],
+        "tenant": row.get("tenant") or "public",
+        "error": error,
+    }
+    if answer is None:
+        return {**out, "members": [], "sources": []}
+    members = [{f.name: m.get(f.name) for f in MEMBER_TYPE} for m in answer.get("members", ())]
+    sources = [{f.name: s.get(f.name) for f in SOURCE_TYPE} for s in answer.get("sources", ())]
+    return {
+        **out,
+        "answer": answer.get("answer"),
+        "agreement": answer.get("agreement"),
+        "entropy": answer.get("entropy"),
+        "abstained": answer.get("abstained"),
+        "degraded": answer.get("degraded"),
+        "members": members,
+        "sources": sources,
+        "latency_ms": (answer.get("timings") or {}).get("total"),
+    }
+
+
+def _request(row: dict[str, Any]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"question": row["question"], "tenant": row.get("tenant") or "public"}
+    if row.get("k") is not None:
+        payload["k"] = int(row["k"])
+    return payload
+
+
+def _describe(e: BaseException) -> str:
+    message = getattr(e, "message", None) or str(e)
+    return f"{getattr(e, 'type', type(e).__name__)}: {message}"[:1000]
+
+
+def _transient(e: BaseException) -> bool:
+    return any(cls.__name__ in _TRANSIENT for cls in type(e).__mro__)
+
+
+class Answerer:
+    """A Ray Data actor: answers a batch of questions through the deployed app's handle or its own council."""
+
+    def __init__(self, app: str | None, config: dict[str, Any] | None, timeout_s: float, retries: int) -> None:
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.handle: Any = None
+        self.council: Any = None
+        if app is not None:
+            from ray import serve
+
+            self.handle = serve.get_app_handle(app)
+        else:
+            from council.config import CouncilConfig
+            from council.local import build_local_council
+
+            self.council = build_local_council(CouncilConfig.model_validate(config))
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        if self.handle is not None:
+            results = self._by_handle(rows)
+        else:
+            # Ray Data calls this from a worker thread: run the batch on this actor's own event loop.
+            results = self.loop.run_until_complete(self._local_batch(rows))
+        log.info("answered a batch of %d question(s)", len(rows))
+        return pa.Table.from_pylist(results, schema=OUTPUT_SCHEMA)
+
+    def _by_handle(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send the whole batch at once (the council works on them in parallel), then collect; retry busy ones."""
+        results: dict[int, dict[str, Any]] = {}
+        todo = list(range(len(rows)))
+        for attempt in range(self.retries + 1):
+            calls = {i: self.handle.ask.remote(_request(rows[i])) for i in todo}
+            retry: list[int] = []
+            for i, call in calls.items():
+                try:
+                    results[i] = answer_row(rows[i], call.result(timeout_s=self.timeout_s))
+                except Exception as e:  # a question's failure is recorded in its row, never sinks the batch
+                    if _transient(e) and attempt < self.retries:
+                        retry.append(i)
+                    else:
+                        results[i] = answer_row(rows[i], None, _describe(e))
+            if not retry:
+                break
+            time.sleep(0.5 * 2**attempt)
+            todo = retry
+        return [results[i] for i in range(len(rows))]
+
+    async def _local_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The whole batch at once: the council batches its members' forward passes across questions."""
+        return list(await asyncio.gather(*(self._local(r) for r in rows)))
+
+    async def _local(self, row: dict[str, Any]) -> dict[str, Any]:
+        from council.types import AskRequest
+
+        try:
+            answer = await asyncio.wait_for(self.council.ask(AskRequest(**_request(row))), self.timeout_s)
+            return answer_row(row, answer.to_dict())
+        except Exception as e:
+            return answer_row(row, None, _describe(e))
+
+
+# --- the driver -------------------------------------------------------------------------------------------
+
+
+def _deployed(app: str) -> bool:
+    """True when a Serve application named `app` runs on the joined cluster."""
+    from ray import serve
+
+    try:
+        serve.get_app_handle(app)
+    except Exception as e:  # no Serve instance, or no such app: both mean "not deployed here"
+        log.info("no running Serve app %r here (%s)", app, e)
+        return False
+    return True
+
+
+def _choose_backend(args: argparse.Namespace, config: Any) -> tuple[str | None, dict[str, Any] | None]:
+    if args.app and _deployed(args.app):
+        log.info("answering through the deployed Serve app %r", args.app)
+        return args.app, None
+    if config is None:
+        raise ConfigError(
+            f"no Serve app named {args.app!r} is running on this cluster and no --config was given to build "
+            "a council in the job's own actors (a job run outside a cluster needs --address auto to see its apps)"
+        )
+    log.info("building the council inside %d actor(s) from %s", args.concurrency, args.config)
+    return None, config.model_dump(mode="json")
+
+
+def build_dataset(args: argparse.Namespace, questions: Questions, done: set[str], app: str | None,
+                  config: dict[str, Any] | None) -> Any:
+    """read_parquet -> drop answered ids -> answer in an actor pool (pyarrow batches)."""
+    import ray
+
+    ds = ray.data.read_parquet(questions.files).select_columns(questions.columns)
+    if done:
+        ds = ds.map_batches(_drop_answered, batch_format="pyarrow", fn_kwargs={"done": pa.array(sorted(done))})
+    # One block per batch: each actor call then yields its own output block, which the driver writes as one
+    # part as soon as it is answered (a large block would be answered whole before any of it is saved).
+    ds = ds.repartition(target_num_rows_per_block=args.batch_size)
+    return ds.map_batches(
+        Answerer,
+        fn_constructor_kwargs={"app": app, "config": config, "timeout_s": args.timeout_s, "retries": args.retries},
+        batch_size=args.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=args.concurrency),
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The job's command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m council.jobs.batch",
+        description="Answer a Parquet file of questions (columns id, question; optional tenant, k) with the "
+        "council and write the answers as Parquet parts into OUTPUT. Rerunning with the same OUTPUT "
+        "answers only the ids not yet there.",
+    )
+    p.add_argument("--input", required=True, help="Parquet file, or a folder of them, with id and question.")
+    p.add_argument("--output", required=True, help="Folder for the answer parts (created; reused to resume).")
+    p.add_argument("--app", default=None, help="Name of a deployed council Serve app to ask through its handle.")
+    p.add_argument("--config", default=None, help="Council YAML: build the council inside the job's actors "
+                   "(used when --app is not given or not deployed).")
+    p.add_argument("--batch-size", type=int, default=8, help="Questions per batch, and per output part.")
+    p.add_argument("--concurrency", type=int, default=1, help="Actors in the answering pool.")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed).")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (with --config on a GPU cluster).")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="Longest wait for one answer.")
+    p.add_argument("--retries", type=int, default=3, help="Retries of a question the council was too busy for.")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    for name in ("batch_size", "concurrency", "retries"):
+        if getattr(args, name) < (0 if name == "retries" else 1):
+            p.error(f"--{name.replace('_', '-')} is out of range")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the batch job; returns the process exit code."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    # Everything that can be wrong with the caller's files is checked before Ray starts or a byte is written.
+    questions = inspect_input(args.input)
+    config = load_config(args.config)
+    if args.app is None and config is None:
+        raise ConfigError("give --app NAME (a deployed council) or --config FILE (a council to build)")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise bad_file(out, "the output must be a folder")
+    done = set(answered_ids(out)) if out.exists() else set()
+    input_ids = set(questions.ids.to_pylist())
+    already = len(input_ids & done)
+    pending = len(input_ids) - already
+    log.info("%d question(s) in %s: %d already answered in %s, %d to answer",
+             len(input_ids), args.input, already, out, pending)
+    if pending == 0:
+        return EXIT_OK
+    connect_ray(args.address)
+    app, council_config = _choose_backend(args, config)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    written, errors, t0 = 0, 0, time.perf_counter()
+    first: tuple[float, int] | None = None  # (time, rows) of the first part: the rate after start-up
+    dataset = build_dataset(args, questions, done & input_ids, app, council_config)
+    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if block.num_rows == 0:
+            continue
+        table = block.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
+        write_parquet_atomic(table, out / f"part-{shard_id(table['id'].to_pylist())}.parquet")
+        written += table.num_rows
+        errors += table.num_rows - table["error"].null_count
+        first = first or (time.perf_counter(), written)
+        steady = (written - first[1]) / max(time.perf_counter() - first[0], 1e-9)
+        log.info("progress: %d/%d answered this run (%d with errors); %.2f questions/s since the first part",
+                 written, pending, errors, steady)
+    return _verify(out, input_ids, written, time.perf_counter() - t0)
+
+
+def _verify(out: Path, input_ids: set[str], written: int, elapsed: float) -> int:
+    """Check exactly-once over the whole output folder and log the summary."""
+    ids = answered_ids(out)
+    present = set(ids)
+    repeated = len(ids) - len(present)
+    missing = len(input_ids - present)
+    log.info(
+        "done: %d answered this run in %.1fs (%.2f questions/s with start-up); %d/%d ids present in %s, "
+        "%d missing, %d repeated",
+        written, elapsed, written / max(elapsed, 1e-9), len(input_ids & present), len(input_ids), out, missing,
+        repeated,
+    )
+    if repeated or missing:
+        log.error("the output is not exactly-once: %d id(s) missing, %d repeated", missing, repeated)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_main(main)
