@@ -42,6 +42,13 @@ class QuestionTooLong(InvalidRequest):
     type = "question_too_long"
 
 
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the configured limit (http.max_body_bytes)."""
+
+    status = 413
+    type = "payload_too_large"
+
+
 class UnknownTenant(CouncilError):
     status = 404
     type = "unknown_tenant"

@@ -35,6 +35,8 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     if not isinstance(req.question, str) or not req.question.strip():
         raise InvalidRequest("question must be a non-empty string")
     question = _CONTROL.sub(" ", req.question).strip()
+    if not question:  # only control characters: nothing left to ask
+        raise InvalidRequest("question must be a non-empty string")
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidRequest(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
     n = len(config.specialists)
