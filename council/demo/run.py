@@ -73,7 +73,7 @@ def tiny_council(folder: Path, console: Console) -> dict[str, Any]:
                 "model": str(path.resolve()),
                 "domain": domain,
                 "description": f"questions about {domain}",
-                "generation": {"max_new_tokens": 6},
+                "generation": {"max_new_tokens": 6, "stop": []},
             }
         )
     return {
@@ -141,8 +141,11 @@ def ingest_local(world: World, config: CouncilConfig, console: Console) -> Any:
     docs = corpus(world)
     with console.status(f"ingesting {len(docs)} documents of the demo world into {config.retrieval.path}"):
         retriever = ChromaRetriever(config.retrieval, get_embedder(config.retrieval.embedder))
-        retriever.ingest_texts([d["text"] for d in docs], tenant="public", sources=[d["source"] for d in docs])
-    console.print(f"[dim]store: {retriever.count()} chunks ({config.retrieval.path})[/]")
+        added = 0
+        for domain in sorted({d["domain"] for d in docs}):
+            pairs = [(d["source"], d["text"]) for d in docs if d["domain"] == domain]
+            added += retriever.ingest_texts(pairs, tenant="public", domain=domain).added
+    console.print(f"[dim]store: {added} new chunks, {retriever.count()} in all ({config.retrieval.path})[/]")
     return retriever
 
 
