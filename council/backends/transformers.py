@@ -17,6 +17,7 @@ from council.backends.tokens import (
     loading,
 )
 from council.config import SpecialistConfig
+from council.errors import InvalidRequest
 from council.types import Generation
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,11 @@ class TransformersSpecialist(TokenizerCounter):
         if not prompts:
             return []
         start = time.perf_counter()
-        ids = [self._fit(self.encode_prompt(p)) for p in prompts]
-        new_tokens = self._run(ids, max_new_tokens or self.max_new_tokens)
+        max_new = max_new_tokens or self.max_new_tokens
+        if max_new >= self.context_window:
+            raise InvalidRequest(f"max_new_tokens={max_new} leaves no room in a {self.context_window}-token window")
+        ids = [self._fit(self.encode_prompt(p), self.context_window - max_new) for p in prompts]
+        new_tokens = self._run(ids, max_new)
         latency = time.perf_counter() - start
         return [self._finish(row, len(prompt), latency) for row, prompt in zip(new_tokens, ids, strict=True)]
 
@@ -115,15 +119,15 @@ class TransformersSpecialist(TokenizerCounter):
             log.exception("specialist %s failed its health check", self.name)
             return False
 
-    def _fit(self, ids: list[int]) -> list[int]:
+    def _fit(self, ids: list[int], limit: int) -> list[int]:
         # Cut from the left: the question sits at the end of the prompt and must survive.
-        if len(ids) <= self.max_prompt_tokens:
+        if len(ids) <= limit:
             return ids
         log.warning(
-            "specialist %s: prompt of %d tokens cut to %d to fit a %d-token window with %d new tokens",
-            self.name, len(ids), self.max_prompt_tokens, self.context_window, self.max_new_tokens,
+            "specialist %s: prompt of %d tokens cut to %d to fit a %d-token window with the answer",
+            self.name, len(ids), limit, self.context_window,
         )  # fmt: skip
-        return ids[-self.max_prompt_tokens :]
+        return ids[-limit:]
 
     def _run(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Left-pad, generate, and return each row's new tokens (padding after a stop included)."""

@@ -10,7 +10,7 @@ import pytest
 from council.backends.tokens import load_tokenizer_counter
 from council.backends.transformers import TransformersSpecialist, cut_at_stop
 from council.config import SpecialistConfig
-from council.errors import ConfigError, ModelLoadError
+from council.errors import ConfigError, InvalidRequest, ModelLoadError
 from council.prompts import get_template
 from council.protocols import Specialist, TokenCounter
 from tests.tiny import build_tiny_gpt2, tiny_specialist_config
@@ -138,6 +138,27 @@ def test_too_long_prompt_is_cut_from_the_left(tiny_dir: Path, caplog: pytest.Log
     assert gen.prompt_tokens == 48 - spec.max_new_tokens
     assert gen.completion_tokens <= spec.max_new_tokens
     assert any("cut to 40" in r.getMessage() for r in caplog.records)
+
+
+def test_max_new_tokens_override_keeps_the_window(tiny_dir: Path) -> None:
+    spec = TransformersSpecialist(_config(tiny_dir, context_window=48, generation={"stop": []}))
+    prompt = spec.render_prompt("who founded the guild ?", ["the river flows north through the valley ."] * 4)
+    [gen] = spec.generate_texts([prompt], max_new_tokens=20)
+    assert gen.prompt_tokens == 48 - 20 and gen.completion_tokens == 20
+    with pytest.raises(InvalidRequest, match="max_new_tokens"):
+        spec.generate_texts([prompt], max_new_tokens=48)
+
+
+def test_sampling_settings_are_honoured(tiny_dir: Path) -> None:
+    import torch
+
+    gen = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 6, "stop": []}
+    spec = TransformersSpecialist(_config(tiny_dir, generation=gen))
+    torch.manual_seed(0)
+    first = spec.generate_batch(ITEMS)
+    torch.manual_seed(0)
+    assert [g.text for g in spec.generate_batch(ITEMS)] == [g.text for g in first]
+    assert all(g.completion_tokens <= 6 for g in first)
 
 
 def test_tokenizer_counter_agrees_without_weights(tiny_dir: Path, spec: TransformersSpecialist) -> None:
