@@ -42,7 +42,7 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     n = len(config.specialists)
     if req.k is not None and not 1 <= req.k <= n:
         raise InvalidRequest(f"k={req.k} is out of range: the council has {n} specialists, so 1 <= k <= {n}")
-    if not NAME_RE.match(req.tenant or ""):
+    if not isinstance(req.tenant, str) or not NAME_RE.match(req.tenant):
         raise InvalidRequest(f"tenant {req.tenant!r} is not a valid tenant name ({NAME_RE.pattern})")
     if req.budget_tokens is not None and req.budget_tokens < 0:
         raise InvalidRequest(f"budget_tokens={req.budget_tokens} must be >= 0")
