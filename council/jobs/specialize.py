@@ -1,0 +1,433 @@
+"""Train the demo council: a shared general phase, one branch per specialist, and a same-compute generalist."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from council.world.exercises import ExerciseMaker, Mixture
+from council.world.generator import Entity, World, build_world
+from council.world.schema import DOMAINS
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """GPT-2 size. Two layers are the least that can copy from context (match, then copy)."""
+
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_positions: int = 256  # 4 passages plus the question fit in about 180 word tokens
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training run: steps, batch, learning rate (warm-up then cosine decay) and the data mixture."""
+
+    steps: int
+    batch: int = 16
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    mixture: Mixture = Mixture()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole council's recipe; the defaults are the committed demo's."""
+
+    world_seed: int = 0
+    seed: int = 0
+    shape: ModelShape = ModelShape()
+    # Measured on the shared 2-core box: ~2-5 s a step at batch 16, so every step is precious.
+    general: Phase = Phase(steps=600)
+    warm_fraction: float = 0.3  # first share of the general phase reads at most 2 passages (short, cheap)
+    branch: Phase = Phase(steps=50, lr=1e-3, warmup=5, mixture=Mixture(read=0.45, recall=0.35))
+    specialists_per_domain: int = 2
+    fact_fraction: float = 0.9  # share of its domain's trained entities each specialist learns
+    # The general phase already recalls every trained fact: memorising is the slow part, and branches are short.
+    general_recall_fraction: float = 1.0
+    generalist_shape: ModelShape = ModelShape(n_layer=3, n_embd=192, n_head=4)  # ~ the 6 specialists' params
+    threads: int = 1
+
+
+def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 sized by `shape`, with the tokenizer's vocabulary and special ids."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=shape.n_positions, n_embd=shape.n_embd,
+        n_layer=shape.n_layer, n_head=shape.n_head, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    # Eager attention: with head size 16 and ~150 tokens it trains faster on CPU than SDPA (measured).
+    cfg._attn_implementation = "eager"
+    return GPT2LMHeadModel(cfg)
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask, plus (row, position) of every answer token's prediction and its target."""
+    import torch
+
+    seqs, rows, cols, targets = [], [], [], []
+    for b, (prompt, answer) in enumerate(pairs):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(" " + answer + "\n", add_special_tokens=False)["input_ids"]
+        seqs.append(p + a)
+        for j, tok in enumerate(a):
+            rows.append(b)
+            cols.append(len(p) + j - 1)
+            targets.append(tok)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+    return ids, mask, torch.tensor([rows, cols]), torch.tensor(targets)
+
+
+def answer_logits(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, where: torch.Tensor) -> Any:
+    """Logits only where an answer token is predicted: the vocabulary projection elsewhere is wasted work."""
+    hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model.lm_head(hidden[where[0], where[1]])
+
+
+def train_phase(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, maker: ExerciseMaker, phase: Phase, desc: str
+) -> list[float]:
+    """Train with answer-only cross-entropy and AdamW; returns the loss of every step."""
+    import torch
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=phase.lr, weight_decay=phase.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, phase))
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(phase.steps), desc=desc, mininterval=5.0)
+    for _ in bar:
+        ids, mask, where, target = encode(tokenizer, [maker.example() for _ in range(phase.batch)])
+        loss = torch.nn.functional.cross_entropy(answer_logits(model, ids, mask, where), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}", refresh=False)
+    model.eval()
+    return losses
+
+
+def _lr_factor(step: int, phase: Phase) -> float:
+    if step < phase.warmup:
+        return (step + 1) / phase.warmup
+    progress = (step - phase.warmup) / max(1, phase.steps - phase.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def exact_match(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]], batch: int = 64
+) -> float:
+    """Share of pairs whose greedy answer is exactly the gold one (teacher-forced argmax = greedy decoding)."""
+    import torch
+
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch):
+            ids, mask, where, target = encode(tokenizer, pairs[i : i + batch])
+            ok = (answer_logits(model, ids, mask, where).argmax(-1) == target).long()
+            per_row = torch.zeros(len(ids), dtype=torch.long).index_add_(0, where[0], 1 - ok)
+            right += int((per_row == 0).sum())
+    return right / max(1, len(pairs))
+
+
+def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, out: Path, meta: dict) -> Path:
+    """A standard HF folder in fp16; generation stops at the newline token as well as at eos."""
+    import copy
+
+    out.mkdir(parents=True, exist_ok=True)
+    half = copy.deepcopy(model).half()
+    newline = tokenizer.convert_tokens_to_ids("\n")
+    half.generation_config.eos_token_id = [tokenizer.eos_token_id, newline]
+    half.generation_config.pad_token_id = tokenizer.pad_token_id
+    half.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(meta, indent=1, default=str))
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+    """Load a checkpoint in fp32 (CPU matmuls in fp16 are slow)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def probe_pairs(
+    world: World, split: str, *, passages: int, held_out: bool | None = None, domains: Sequence[str] = (),
+    entities: set[str] | None = None, limit: int = 100, seed: int = 0,
+) -> list[tuple[str, str]]:
+    """(prompt, gold) for a world's questions: the gold passage (when `passages` > 0) among distractors."""
+    from council.prompts import get_template
+
+    rng = random.Random(seed)
+    docs = {d.id: d for d in world.documents}
+    qs = [
+        q for q in world.questions(split, held_out)
+        if (not domains or q.domain in domains) and (entities is None or q.entity in entities)
+    ]
+    qs = rng.sample(qs, min(limit, len(qs)))
+    out = []
+    for q in qs:
+        chosen = [docs[q.doc_id]] if passages and q.doc_id and q.split != "unanswerable" else []
+        others = [d for d in world.documents if d.domain == q.domain and d.id != q.doc_id]
+        chosen += rng.sample(others, passages - len(chosen)) if passages else []
+        rng.shuffle(chosen)
+        out.append((get_template("qa").render(q.question, [d.text for d in chosen]), q.answer))
+    return out
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model to train: a specialist branch (domain set) or the generalist (domain None)."""
+
+    name: str
+    domain: str | None
+    known: tuple[str, ...]  # names of the trained entities it learns closed-book
+    seed: int
+
+
+def members(plan: Plan, world: World) -> list[Member]:
+    """The specialists (each on its own random share of its domain's trained entities) and the generalist."""
+    out = []
+    for d_index, domain in enumerate(DOMAINS):
+        names = [e.name for e in world.entities_of("trained", domain)]
+        for i in range(plan.specialists_per_domain):
+            seed = plan.seed * 1000 + d_index * 10 + i + 1
+            share = random.Random(seed).sample(names, round(plan.fact_fraction * len(names)))
+            out.append(Member(f"{domain}-{i + 1}", domain, tuple(sorted(share)), seed))
+    everything = tuple(e.name for e in world.entities_of("trained"))
+    out.append(Member("generalist", None, everything, plan.seed * 1000 + 999))
+    return out
+
+
+def count_params(model: GPT2LMHeadModel, *, embeddings: bool = True) -> int:
+    """Parameters of a model; without embeddings, the ones every token's forward pass multiplies through."""
+    n = sum(p.numel() for p in model.parameters())
+    if not embeddings:
+        n -= model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    return n
+
+
+def generalist_steps(plan: Plan, spec_flops: int, gen_flops: int) -> int:
+    """Steps that give the generalist the council's training compute (6 * non-embedding params * tokens)."""
+    council = spec_flops * (plan.general.steps + plan.branch.steps * plan.specialists_per_domain * len(DOMAINS))
+    return max(1, round(council / gen_flops))
+
+
+def entities_named(world: World, names: Sequence[str]) -> list[Entity]:
+    wanted = set(names)
+    return [e for e in world.entities if e.split == "trained" and e.name in wanted]
+
+
+def member_report(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, world: World, m: Member) -> dict:
+    """Greedy exact-match accuracies of one model on the kinds of question the council faces."""
+    from council.prompts import UNKNOWN
+
+    known = set(m.known)
+    domains = (m.domain,) if m.domain else ()
+
+    def closed(held: bool) -> float:
+        pairs = probe_pairs(world, "trained", passages=0, held_out=held, domains=domains, entities=known)
+        return exact_match(model, tok, pairs)
+
+    fresh_closed = [(p, UNKNOWN) for p, _ in probe_pairs(world, "fresh", passages=0, domains=domains)]
+    return {
+        "closed_book_trained": closed(False),
+        "closed_book_heldout_phrasing": closed(True),
+        "fresh_3_passages": exact_match(model, tok, probe_pairs(world, "fresh", passages=3, domains=domains)),
+        "fresh_no_passages_says_unknown": exact_match(model, tok, fresh_closed),
+        "unanswerable_3_passages_abstains": exact_match(
+            model, tok, probe_pairs(world, "unanswerable", passages=3, domains=domains)
+        ),
+    }
+
+
+
+def train_general(plan: Plan, world: World, tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+    """The shared phase: reading exercises in every domain plus closed-book recall of a slice of facts."""
+    trained = world.entities_of("trained")
+    rng = random.Random(plan.seed)
+    known = rng.sample(trained, round(plan.general_recall_fraction * len(trained)))
+    model = new_model(plan.shape, tok, plan.seed)
+    warm_steps = round(plan.warm_fraction * plan.general.steps)
+    warm = replace(plan.general, steps=warm_steps, mixture=replace(plan.general.mixture, max_passages=2))
+    rest = replace(plan.general, steps=plan.general.steps - warm_steps, warmup=1)
+    for i, phase in enumerate((warm, rest)):
+        if phase.steps:
+            maker = ExerciseMaker(world, known, phase.mixture, seed=plan.seed + i)
+            train_phase(model, tok, maker, phase, f"general{i}")
+    return model
+
+
+def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path) -> dict:
+    """Train one member (a branch from `base_state`, or the generalist from scratch), save it, report it."""
+    import torch
+
+    from council.world.tokenizer import build_tokenizer
+
+    torch.set_num_threads(plan.threads)
+    started = time.time()
+    world, tok = build_world(plan.world_seed), build_tokenizer()
+    known = entities_named(world, member.known)
+    if member.domain is None:
+        model = new_model(plan.generalist_shape, tok, member.seed)
+        spec_flops = count_params(new_model(plan.shape, tok, 0), embeddings=False)
+        steps = generalist_steps(plan, spec_flops, count_params(model, embeddings=False))
+        phase = replace(plan.general, steps=steps, mixture=replace(plan.general.mixture, recall=0.3))
+    else:
+        model = new_model(plan.shape, tok, member.seed)
+        model.load_state_dict(base_state or {})
+        mixture = replace(plan.branch.mixture, domains=(member.domain,))
+        phase = replace(plan.branch, mixture=mixture)
+    losses = train_phase(model, tok, ExerciseMaker(world, known, phase.mixture, seed=member.seed), phase, member.name)
+    report = {
+        "name": member.name, "domain": member.domain, "steps": phase.steps, "params": count_params(model),
+        "known_entities": len(known), "train_seconds": round(time.time() - started, 1),
+        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        **member_report(model, tok, world, member),
+    }
+    save_checkpoint(model, tok, out / member.name, {"plan": asdict(plan), "member": asdict(member), **report})
+    log.info("trained %s: %s", member.name, report)
+    return report
+
+
+def specialize(plan: Plan, out: Path = DEMO_DIR, *, use_ray: bool = False, only: Sequence[str] = ()) -> dict:
+    """Train the general phase, every branch and the generalist; write checkpoints and council.yaml under `out`."""
+    import torch
+
+    from council.world.tokenizer import build_tokenizer
+
+    torch.set_num_threads(plan.threads)
+    started = time.time()
+    world, tok = build_world(plan.world_seed), build_tokenizer()
+    todo = [m for m in members(plan, world) if not only or m.name in only]
+    base_state = None
+    if any(m.domain for m in todo):
+        base = train_general(plan, world, tok)
+        base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        general = Member("general", None, (), plan.seed)
+        save_checkpoint(base, tok, out / "runs" / "general", {"plan": asdict(plan)})
+        log.info("general phase: %s", member_report(base, tok, world, general))
+    reports = _run_members(plan, todo, base_state, out / "models", use_ray)
+    write_council_yaml(out / "council.yaml", [m for m in members(plan, world) if m.domain])
+    summary = {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": reports}
+    (out / "training-report.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _run_members(plan: Plan, todo: list[Member], base_state: dict | None, out: Path, use_ray: bool) -> list[dict]:
+    if not use_ray:
+        return [train_member(plan, m, base_state, out) for m in todo]
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    task = ray.remote(num_cpus=plan.threads)(train_member)
+    state_ref = ray.put(base_state)
+    return list(ray.get([task.remote(plan, m, state_ref, out) for m in todo]))
+
+
+_DESCRIPTIONS = {
+    "legal": "Statutes: the penalty each act carries and the jurisdiction where it applies.",
+    "finance": "Companies: the sector each corp works in, its revenue and its ceo.",
+    "medical": "Drugs: what each drug treats, its dose and its side effects.",
+}
+
+
+def write_council_yaml(path: Path, specialists: Sequence[Member], context_window: int = 192) -> None:
+    """The demo CouncilConfig; model paths are relative to the yaml's folder."""
+    import yaml
+
+    from council.config import CouncilConfig
+    from council.world.schema import train_phrasings
+
+    rows = []
+    for m in specialists:
+        spec = DOMAINS[m.domain or "legal"]
+        examples = [train_phrasings(spec, a)[0].format(m=spec.mention.format(n="kavo")) for a in spec.attributes]
+        rows.append({
+            "name": m.name, "model": f"models/{m.name}", "domain": m.domain,
+            "description": _DESCRIPTIONS[m.domain or "legal"], "examples": examples,
+            "context_window": context_window, "dtype": "float32", "prompt_template": "qa",
+            "generation": {"max_new_tokens": 8, "stop": ["\n"]},
+            "deployment": {"num_cpus": 0.1},
+        })
+    data = {"specialists": rows, "router": {"k": 3}, "retrieval": {"top_n": 5}}
+    CouncilConfig.from_dict(data)  # refuse to write a config the council would not load
+    header = "# The demo council; written by `python -m council.jobs.specialize` (see training-report.json).\n"
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="council specialize", description=__doc__)
+    p.add_argument("--world-seed", type=int, default=0, help="world whose trained facts are learnt")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--out", type=Path, default=DEMO_DIR, help="folder for models/, council.yaml, report")
+    p.add_argument("--general-steps", type=int, default=Plan.general.steps)
+    p.add_argument("--branch-steps", type=int, default=Plan.branch.steps)
+    p.add_argument("--batch", type=int, default=Plan.general.batch)
+    p.add_argument("--n-layer", type=int, default=ModelShape.n_layer)
+    p.add_argument("--n-embd", type=int, default=ModelShape.n_embd)
+    p.add_argument("--only", nargs="*", default=[], help="train only these members (names)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--ray", action="store_true", help="train the members as Ray tasks (num_cpus=threads)")
+    return p.parse_args(argv)
+
+
+def plan_from_args(a: argparse.Namespace) -> Plan:
+    """The Plan the command line describes (defaults: the committed demo's)."""
+    base = Plan()
+    shape = replace(base.shape, n_layer=a.n_layer, n_embd=a.n_embd)
+    return replace(
+        base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads,
+        general=replace(base.general, steps=a.general_steps, batch=a.batch),
+        branch=replace(base.branch, steps=a.branch_steps, batch=a.batch),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m council.jobs.specialize` and `council specialize`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    summary = specialize(plan_from_args(args), args.out, use_ray=args.ray, only=args.only)
+    log.info("done in %.0f s; report in %s", summary["wall_seconds"], args.out / "training-report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
