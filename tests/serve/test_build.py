@@ -1,0 +1,74 @@
+"""`build_app` validates before any deployment exists; clusters/local.yaml is a valid Serve config for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from council.errors import ConfigError
+from council.serving.app import build_app
+from tests.serve.conftest import ROOT, SPECIALISTS, council_config
+
+
+def _config(tmp_path: Path) -> dict[str, Any]:
+    return council_config([tmp_path / "model"], tmp_path / "store", SPECIALISTS)
+
+
+def test_clusters_local_yaml_points_build_app_at_the_demo_council(local_yaml_app: dict[str, Any]) -> None:
+    assert local_yaml_app["import_path"] == "council.serving.app:build_app"
+    assert local_yaml_app["name"] == "council" and local_yaml_app["route_prefix"] == "/"
+    assert local_yaml_app["args"] == {"config": "council/demo/council.yaml"}
+    data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    assert data["http_options"]["host"] == "127.0.0.1"
+
+
+@pytest.mark.skipif(not (ROOT / "council/demo/council.yaml").exists(), reason="demo council not built yet")
+def test_the_demo_config_builds(local_yaml_app: dict[str, Any]) -> None:
+    app = build_app(local_yaml_app["args"])
+    assert app is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({}, "exactly one of"),
+        ({"config": "a.yaml", "config_dict": {}}, "exactly one of"),
+        ({"config": "/no/such/council.yaml"}, "cannot read config"),
+        ({"config_dict": {"specialists": []}}, "specialists"),
+        ({"config_dict": {"specialists": [{"name": "a"}]}}, "specialists.0.model"),
+        ({"typo": 1, "config_dict": {}}, "typo"),
+    ],
+)
+def test_bad_args_raise_config_error_naming_the_field(args: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        build_app(args)
+
+
+def test_router_field_errors_are_named(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config["router"]["k"] = 0
+    with pytest.raises(ConfigError, match=r"router\.k"):
+        build_app({"config_dict": config})
+
+
+def test_faults_must_name_a_specialist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ghost"):
+        build_app({"config_dict": _config(tmp_path), "faults": {"ghost": {"error": "x"}}})
+    with pytest.raises(ConfigError, match="delay_s"):
+        build_app({"config_dict": _config(tmp_path), "faults": {"physics": {"delay_s": -1}}})
+
+
+def test_builds_from_a_yaml_file_with_relative_model_paths(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "model").mkdir()
+    for spec in config["specialists"]:
+        spec["model"] = "model"  # resolved beside the YAML file
+    path = tmp_path / "council.yaml"
+    path.write_text(yaml.safe_dump(config))
+    app = build_app({"config": str(path)})
+    ingress_args = app._bound_deployment.init_args  # the config the ingress replicas will get
+    assert all(s["model"] == str((tmp_path / "model").resolve()) for s in ingress_args[0]["specialists"])
+    assert Path(ingress_args[0]["retrieval"]["path"]).is_absolute()

@@ -1,0 +1,59 @@
+"""The shape of the deployed app: one deployment per specialist, options from config, dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+from ray import serve
+
+from tests.serve.conftest import SPECIALISTS, App
+
+
+def test_each_specialist_is_its_own_deployment(council_app: App) -> None:
+    app = serve.status().applications[council_app.name]
+    assert app.status == "RUNNING"
+    expected = {f"Specialist_{n}" for n in SPECIALISTS} | {"RouterIngress", "RetrievalServer", "AggregatorServer"}
+    assert set(app.deployments) == expected
+    # Each runs in its own replica actor (Serve names them SERVE_REPLICA::<app>#<deployment>#<id>).
+    replicas = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{council_app.name}#Specialist_")
+    ]
+    assert sorted(r.split("#")[1] for r in replicas) == sorted(f"Specialist_{n}" for n in SPECIALISTS)
+
+
+def test_deployment_options_come_from_the_config(council_app: App) -> None:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployments = details["applications"][council_app.name]["deployments"]
+    physics = deployments["Specialist_physics"]["deployment_config"]
+    assert physics["max_ongoing_requests"] == 16 and physics["max_queued_requests"] == 64
+    assert physics["ray_actor_options"]["num_cpus"] == 0.05
+    ingress = deployments["RouterIngress"]["deployment_config"]
+    assert ingress["max_ongoing_requests"] == 200 and ingress["max_queued_requests"] == 400
+
+
+def test_concurrent_generate_calls_are_batched(council_app: App) -> None:
+    handle = serve.get_deployment_handle("Specialist_finance", app_name=council_app.name)
+    before = handle.stats.remote().result(timeout_s=30)
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*(handle.generate.remote(f"question {i}", ["a passage"]) for i in range(8)))
+
+    generations = asyncio.run(burst())
+    assert len(generations) == 8 and all(g.completion_tokens >= 0 for g in generations)
+    after = handle.stats.remote().result(timeout_s=30)
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] < 8, "8 concurrent requests should share forward passes"
+    assert after["largest_batch"] > 1
+
+
+def test_generate_text_completes_a_raw_prompt(council_app: App) -> None:
+    handle = serve.get_deployment_handle("Specialist_physics", app_name=council_app.name)
+    generation = handle.generate_text.remote("question : what is energy ?\nanswer :", 4).result(timeout_s=30)
+    assert generation.completion_tokens <= 4 and generation.prompt_tokens > 0
+    info = handle.info.remote().result(timeout_s=30)
+    assert info["name"] == "physics" and info["device"] == "cpu"

@@ -1,0 +1,90 @@
+"""The HTTP layer alone (no Ray): error mapping for failures a live council rarely shows on demand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from council.config import CouncilConfig
+from council.errors import Overloaded, QuorumNotMet
+from council.serving import http
+from council.types import AskRequest, CouncilAnswer, MemberAnswer
+
+
+class FakeIngress:
+    """Implements the RouterIngress surface http.create_app uses; `fail` is raised by ask."""
+
+    def __init__(self, fail: BaseException | None = None, agreement: float = 1.0) -> None:
+        self.config = CouncilConfig.from_dict({"specialists": [{"name": "solo", "model": "m"}]})
+        self.fail = fail
+        self.agreement = agreement
+
+    async def ask_request(self, request: AskRequest) -> CouncilAnswer:
+        if self.fail is not None:
+            raise self.fail
+        member = MemberAnswer("solo", 0.5, answer="forty two", prompt_tokens=3, completion_tokens=2)
+        return CouncilAnswer(request.question, "forty two", self.agreement, 0.0, False, False, (member,))
+
+    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return (await self.ask_request(http.parse_ask(payload))).to_dict()
+
+    def models(self) -> list[str]:
+        return ["council", "solo"]
+
+
+def _client(ingress: FakeIngress) -> TestClient:
+    return TestClient(http.create_app(ingress))  # type: ignore[arg-type]
+
+
+def test_unexpected_errors_are_a_generic_logged_500(caplog: pytest.LogCaptureFixture) -> None:
+    r = _client(FakeIngress(ValueError("secret internals"))).post("/v1/council", json={"question": "q"})
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["type"] == "internal_error" and "secret" not in error["message"]
+    assert "secret internals" in caplog.text
+
+
+def test_serve_backpressure_is_a_503_with_retry_after() -> None:
+    from ray.serve.exceptions import BackPressureError
+
+    r = _client(FakeIngress(BackPressureError(num_queued_requests=9, max_queued_requests=8))).post(
+        "/v1/council", json={"question": "q"}
+    )
+    assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_overloaded_and_quorum_errors_say_when_to_retry() -> None:
+    r = _client(FakeIngress(Overloaded("full", retry_after_s=2.5))).post("/v1/council", json={"question": "q"})
+    assert (r.status_code, r.headers["Retry-After"]) == (503, "3")
+    r = _client(FakeIngress(QuorumNotMet("0 of 1", details={"members": {"solo": "boom"}}))).post(
+        "/v1/council", json={"question": "q"}
+    )
+    assert r.status_code == 503 and r.json()["error"]["details"] == {"members": {"solo": "boom"}}
+
+
+def test_non_finite_numbers_become_null_not_a_500() -> None:
+    r = _client(FakeIngress(agreement=float("nan"))).post("/v1/council", json={"question": "q"})
+    assert r.status_code == 200 and r.json()["agreement"] is None
+
+
+def test_api_key_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(http.API_KEY_ENV, "s3cret")
+    client = _client(FakeIngress())
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    not_ascii = {"Authorization": "Bearer s3cret\u00e9".encode("latin-1")}
+    assert client.get("/v1/models", headers=not_ascii).status_code == 401  # type: ignore[dict-item]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_method_not_allowed_is_a_json_error() -> None:
+    r = _client(FakeIngress()).get("/v1/council")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    r = _client(FakeIngress()).post("/v1/council", content=b"{}", headers={"Content-Length": "999999999"})
+    assert r.status_code == 413
