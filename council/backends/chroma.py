@@ -221,9 +221,9 @@ class ChromaRetriever:
     def _ingest_rows(self, rows: Sequence[_Row]) -> IngestReport:
         records: dict[str, tuple[str, dict[str, Any]]] = {}
         total = 0
+        opts = self.config.chunking
         for row in rows:
-            for index, text in enumerate(chunk_text(row.text, self.config.chunking.max_chars,
-                                                    self.config.chunking.overlap_sentences)):  # fmt: skip
+            for index, text in enumerate(chunk_text(row.text, opts.max_chars, opts.overlap_sentences)):
                 total += 1
                 meta: dict[str, Any] = {"source": row.source, "tenant": row.tenant, "chunk": index}
                 if row.domain:
@@ -234,7 +234,7 @@ class ChromaRetriever:
         with self._write_lock:
             for start in range(0, len(ids), _WRITE_BATCH):
                 added += self._add_new(ids[start : start + _WRITE_BATCH], records)
-        self._tenants_seen.update(r.tenant for r in rows)
+        self._tenants_seen.update(meta["tenant"] for _, meta in records.values())
         log.info("ingested %d chunks: %d new, %d already stored", total, added, total - added)
         return IngestReport(added=added, skipped=total - added, chunks=total)
 
@@ -311,30 +311,32 @@ class ChromaRetriever:
     def _nearest(
         self, vector: np.ndarray, where: dict[str, Any], n: int, where_document: dict[str, Any] | None
     ) -> list[Chunk]:
+        include = ["documents", "metadatas", "distances"]
         result = self._collection.query(
-            query_embeddings=[vector], n_results=n, where=where, where_document=where_document,
-            include=["documents", "metadatas", "distances"],
-        )  # fmt: skip
+            query_embeddings=[vector], n_results=n, where=where, where_document=where_document, include=include
+        )
+        tenant = where["tenant"]
         chunks = []
-        for id_, text, meta, dist in zip(result["ids"][0], result["documents"][0], result["metadatas"][0],
-                                         result["distances"][0], strict=True):  # fmt: skip
-            if meta.get("tenant") != where["tenant"]:  # defence in depth: never hand out another tenant's text
-                log.error("chroma returned chunk %s of tenant %r for %r; dropped", id_, meta.get("tenant"), where)
+        for id_, text, meta, dist in zip(
+            *(result[k][0] for k in ("ids", "documents", "metadatas", "distances")), strict=True
+        ):
+            if meta.get("tenant") != tenant:  # defence in depth: never hand out another tenant's text
+                log.error("chroma returned chunk %s of tenant %r for %r; dropped", id_, meta.get("tenant"), tenant)
                 continue
-            chunks.append(Chunk(id=id_, text=text, source=str(meta.get("source", "")), tenant=where["tenant"],
-                                domain=meta.get("domain"), score=1.0 - float(dist)))  # fmt: skip
+            source, domain = str(meta.get("source", "")), meta.get("domain")
+            chunks.append(Chunk(id=id_, text=text, source=source, tenant=tenant, domain=domain, score=1.0 - dist))
         return chunks
 
     def _ephemeral_candidates(self, vector: np.ndarray, tenant: str, documents: Sequence[Document]) -> list[Chunk]:
         """Request-only documents: chunked and embedded in memory, never stored."""
-        pieces = [
-            (doc, text)
-            for doc in documents
-            for text in chunk_text(doc.text, self.config.chunking.max_chars, self.config.chunking.overlap_sentences)
-        ]
-        if not pieces:
+        opts = self.config.chunking
+        owner: dict[str, Document] = {}  # chunk text -> the first document it came from
+        for doc in documents:
+            for text in chunk_text(doc.text, opts.max_chars, opts.overlap_sentences):
+                owner.setdefault(text, doc)
+        if not owner:
             return []
-        scores = self.embedder.embed([text for _, text in pieces]) @ vector
+        scores = self.embedder.embed(list(owner)) @ vector
         return [
             Chunk(
                 id=f"ephemeral-{chunk_id(tenant, text)[:16]}",
@@ -344,8 +346,8 @@ class ChromaRetriever:
                 domain=doc.domain,
                 score=float(score),
                 ephemeral=True,
-            )  # fmt: skip
-            for (doc, text), score in zip(pieces, scores, strict=True)
+            )
+            for (text, doc), score in zip(owner.items(), scores, strict=True)
         ]
 
     # ---- tenants and housekeeping -------------------------------------------------------------

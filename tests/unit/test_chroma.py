@@ -105,8 +105,10 @@ async def test_ephemeral_documents_never_persist_or_cross_tenants(store: ChromaR
     store.ingest_texts(DOCS, tenant="acme")
     store.ingest_texts(DOCS[:1], tenant="beta")
     private = Document(text="Project Nightjar ships on the fourth of May.", source="memo")
-    results = await store.retrieve("When does Project Nightjar ship?", tenant="beta", top_n=2, documents=[private])
+    question = "When does Project Nightjar ship?"
+    results = await store.retrieve(question, tenant="beta", top_n=5, documents=[private, private])
     assert results[0].ephemeral and results[0].tenant == "beta" and results[0].source == "memo"
+    assert sum(c.ephemeral for c in results) == 1  # the same text twice is one chunk
     assert store.count() == 4
     later = store.query("When does Project Nightjar ship?", tenant="acme", top_n=10)
     assert all("Nightjar" not in c.text and not c.ephemeral for c in later)
