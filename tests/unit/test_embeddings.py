@@ -54,9 +54,7 @@ def test_batching_does_not_change_vectors() -> None:
     np.testing.assert_allclose(small.embed(texts), get_embedder().embed(texts), atol=1e-5)
 
 
-def test_fast_path_matches_sentence_transformers(
-    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fast_path_matches_sentence_transformers(embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     # The bundled folder loads through transformers directly; forcing the SentenceTransformer path must agree.
     monkeypatch.setattr(embeddings, "_plain_pooling", lambda folder: None)
     reference = MiniLMEmbedder(default_model_path())
