@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
+from council.errors import InvalidRequest
 from council.pipeline import Council
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.types import AskRequest, Chunk, CouncilAnswer, Document, Generation, MemberAnswer, TrimReport
@@ -84,6 +85,8 @@ class SpecialistServer:
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(items))
         try:
             return await asyncio.to_thread(self.specialist.generate_batch, items)
+        except InvalidRequest:  # the request's fault, not the model's
+            raise
         except Exception as e:
             self._suspect = f"{type(e).__name__}: {e}"
             raise
