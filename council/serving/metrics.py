@@ -121,6 +121,12 @@ class CouncilMetrics:
         outcome, reason = failure_outcome(error)
         self.requests.inc(1, tags={"outcome": outcome, "reason": reason})
         self.latency.observe(elapsed_s, tags={"outcome": outcome})
+        # Under quorum, the members' failures travel in the error's details: count them too.
+        failed = error.details.get("members") if isinstance(error, CouncilError) else None
+        for name, why in failed.items() if isinstance(failed, dict) else ():
+            kind = "timeout" if str(why).startswith("timed out") else "cancelled" if why == "cancelled" else "error"
+            counter = self.member_cancelled if kind == "cancelled" else self.member_errors
+            counter.inc(1, tags={"member": str(name)} | ({} if kind == "cancelled" else {"kind": kind}))
         # An exception type with __slots__ may be counted twice; it must never fail the request.
         with contextlib.suppress(AttributeError):
             setattr(error, _METERED, True)

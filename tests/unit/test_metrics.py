@@ -83,6 +83,15 @@ def test_a_failure_is_counted_once(probed: Any) -> None:
     assert probed.requests.calls == [(1, {"outcome": "refused", "reason": "overloaded"})]
 
 
+def test_quorum_failures_count_each_members_failure(probed: Any) -> None:
+    members = {"a": "RuntimeError: boom", "b": "timed out after 2s", "c": "cancelled"}
+    probed.record_failure(QuorumNotMet("0 of 3", details={"members": members}), 2.0)
+    assert probed.requests.calls == [(1, {"outcome": "refused", "reason": "quorum_not_met"})]
+    kinds = sorted((t["member"], t["kind"]) for _, t in probed.member_errors.calls)
+    assert kinds == [("a", "error"), ("b", "timeout")]
+    assert probed.member_cancelled.calls == [(1, {"member": "c"})]
+
+
 def test_real_metrics_record_without_raising() -> None:
     """Outside a replica (and without Ray) recording is harmless: metrics never fail a request."""
     metrics.record_answer(_answer(), 0.5)
