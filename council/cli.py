@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,7 @@ def start_serve(
 
     from council.serving.app import build_app
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the CLI prints what matters itself
     if not ray.is_initialized():
         # "local" never joins a stale cluster left in ray_current_cluster; RAY_ADDRESS opts in to joining.
         ray.init(
