@@ -8,7 +8,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ class Phase:
     lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.01
+    questions: int = 4  # supervised questions per episode (the first in the exact serving format)
     mixture: Mixture = Mixture()
 
 
@@ -65,6 +66,7 @@ class Plan:
     general_recall_fraction: float = 1.0
     generalist_shape: ModelShape = ModelShape(n_layer=3, n_embd=192, n_head=4)  # ~ the 6 specialists' params
     threads: int = 1
+    probe: bool = True  # measure every member's accuracies after training (tests turn it off)
 
 
 def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> GPT2LMHeadModel:
@@ -85,20 +87,27 @@ def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) 
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]]
+    tokenizer: PreTrainedTokenizerFast, episodes: Sequence[Sequence[tuple[str, str]]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids and mask, plus (row, position) of every answer token's prediction and its target."""
+    """Right-padded ids and mask, plus (row, position) of every answer token's prediction and its target.
+
+    An episode is a list of (text, answer) turns; each answer is supervised as ' ' + answer + newline.
+    """
     import torch
 
-    seqs, rows, cols, targets = [], [], [], []
-    for b, (prompt, answer) in enumerate(pairs):
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a = tokenizer(" " + answer + "\n", add_special_tokens=False)["input_ids"]
-        seqs.append(p + a)
-        for j, tok in enumerate(a):
-            rows.append(b)
-            cols.append(len(p) + j - 1)
-            targets.append(tok)
+    seqs: list[list[int]] = []
+    rows, cols, targets = [], [], []
+    for b, turns in enumerate(episodes):
+        seq: list[int] = []
+        for text, answer in turns:
+            seq += tokenizer(text, add_special_tokens=False)["input_ids"]
+            a = tokenizer(" " + answer + "\n", add_special_tokens=False)["input_ids"]
+            for tok in a:
+                rows.append(b)
+                cols.append(len(seq) - 1)
+                targets.append(tok)
+                seq.append(tok)
+        seqs.append(seq)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -115,9 +124,13 @@ def answer_logits(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor,
 
 
 def train_phase(
-    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, maker: ExerciseMaker, phase: Phase, desc: str
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, maker: ExerciseMaker, phase: Phase, desc: str,
+    every: tuple[int, Callable[[int], None]] | None = None,
 ) -> list[float]:
-    """Train with answer-only cross-entropy and AdamW; returns the loss of every step."""
+    """Train with answer-only cross-entropy and AdamW; returns the loss of every step.
+
+    `every=(n, fn)` calls fn(step) every n steps (the general phase logs its reading accuracy that way).
+    """
     import torch
     from tqdm import tqdm
 
@@ -126,8 +139,12 @@ def train_phase(
     model.train()
     losses: list[float] = []
     bar = tqdm(range(phase.steps), desc=desc, mininterval=5.0)
-    for _ in bar:
-        ids, mask, where, target = encode(tokenizer, [maker.example() for _ in range(phase.batch)])
+    for step in bar:
+        if every and step and step % every[0] == 0:
+            model.eval()
+            every[1](step)
+            model.train()
+        ids, mask, where, target = encode(tokenizer, [maker.episode(phase.questions) for _ in range(phase.batch)])
         loss = torch.nn.functional.cross_entropy(answer_logits(model, ids, mask, where), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,7 +173,7 @@ def exact_match(
     right = 0
     with torch.no_grad():
         for i in range(0, len(pairs), batch):
-            ids, mask, where, target = encode(tokenizer, pairs[i : i + batch])
+            ids, mask, where, target = encode(tokenizer, [[p] for p in pairs[i : i + batch]])
             ok = (answer_logits(model, ids, mask, where).argmax(-1) == target).long()
             per_row = torch.zeros(len(ids), dtype=torch.long).index_add_(0, where[0], 1 - ok)
             right += int((per_row == 0).sum())
@@ -278,8 +295,14 @@ def member_report(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, world: W
 
 
 
-def train_general(plan: Plan, world: World, tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
-    """The shared phase: reading exercises in every domain plus closed-book recall of a slice of facts."""
+def train_general(
+    plan: Plan, world: World, tok: PreTrainedTokenizerFast, save_to: Path | None = None
+) -> GPT2LMHeadModel:
+    """The shared phase: reading exercises in every domain plus closed-book recall of a slice of facts.
+
+    With `save_to`, the model is saved there at every probe, so a long run can be cut short and resumed
+    from its latest state with `--general-from`.
+    """
     trained = world.entities_of("trained")
     rng = random.Random(plan.seed)
     known = rng.sample(trained, round(plan.general_recall_fraction * len(trained)))
@@ -287,10 +310,24 @@ def train_general(plan: Plan, world: World, tok: PreTrainedTokenizerFast) -> GPT
     warm_steps = round(plan.warm_fraction * plan.general.steps)
     warm = replace(plan.general, steps=warm_steps, mixture=replace(plan.general.mixture, max_passages=2))
     rest = replace(plan.general, steps=plan.general.steps - warm_steps, warmup=1)
+    probes = {
+        "fresh_3_passages": probe_pairs(world, "fresh", passages=3, limit=60),
+        "closed_book_trained": probe_pairs(world, "trained", passages=0, limit=60),
+        "unanswerable_abstains": probe_pairs(world, "unanswerable", passages=3, limit=40),
+    }
+    done = 0
+
+    def report(step: int) -> None:
+        accs = {k: round(exact_match(model, tok, v), 3) for k, v in probes.items()}
+        log.info("general step %d: %s", done + step, accs)
+        if save_to is not None:
+            save_checkpoint(model, tok, save_to, {"step": done + step, **accs})
+
     for i, phase in enumerate((warm, rest)):
         if phase.steps:
             maker = ExerciseMaker(world, known, phase.mixture, seed=plan.seed + i)
-            train_phase(model, tok, maker, phase, f"general{i}")
+            train_phase(model, tok, maker, phase, f"general{i}", every=(100, report) if plan.probe else None)
+            done += phase.steps
     return model
 
 
@@ -319,15 +356,18 @@ def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path)
         "name": member.name, "domain": member.domain, "steps": phase.steps, "params": count_params(model),
         "known_entities": len(known), "train_seconds": round(time.time() - started, 1),
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        **member_report(model, tok, world, member),
+        **(member_report(model, tok, world, member) if plan.probe else {}),
     }
     save_checkpoint(model, tok, out / member.name, {"plan": asdict(plan), "member": asdict(member), **report})
     log.info("trained %s: %s", member.name, report)
     return report
 
 
-def specialize(plan: Plan, out: Path = DEMO_DIR, *, use_ray: bool = False, only: Sequence[str] = ()) -> dict:
-    """Train the general phase, every branch and the generalist; write checkpoints and council.yaml under `out`."""
+def specialize(
+    plan: Plan, out: Path = DEMO_DIR, *, use_ray: bool = False, only: Sequence[str] = (),
+    general_from: Path | None = None,
+) -> dict:
+    """Train the general phase (or load it), every branch and the generalist; write models and council.yaml."""
     import torch
 
     from council.world.tokenizer import build_tokenizer
@@ -338,11 +378,15 @@ def specialize(plan: Plan, out: Path = DEMO_DIR, *, use_ray: bool = False, only:
     todo = [m for m in members(plan, world) if not only or m.name in only]
     base_state = None
     if any(m.domain for m in todo):
-        base = train_general(plan, world, tok)
-        base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        if general_from is not None:
+            base, _ = load_checkpoint(general_from)
+        else:
+            base = train_general(plan, world, tok, out / "runs" / "general")
+        base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}
         general = Member("general", None, (), plan.seed)
-        save_checkpoint(base, tok, out / "runs" / "general", {"plan": asdict(plan)})
-        log.info("general phase: %s", member_report(base, tok, world, general))
+        save_checkpoint(base, tok, out / "runs" / "general", {"plan": asdict(plan), "from": str(general_from)})
+        if plan.probe:
+            log.info("general phase: %s", member_report(base, tok, world, general))
     reports = _run_members(plan, todo, base_state, out / "models", use_ray)
     write_council_yaml(out / "council.yaml", [m for m in members(plan, world) if m.domain])
     summary = {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": reports}
@@ -404,6 +448,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, default=ModelShape.n_layer)
     p.add_argument("--n-embd", type=int, default=ModelShape.n_embd)
     p.add_argument("--only", nargs="*", default=[], help="train only these members (names)")
+    p.add_argument("--general-from", type=Path, default=None, help="skip the general phase: start from this one")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--ray", action="store_true", help="train the members as Ray tasks (num_cpus=threads)")
     return p.parse_args(argv)
@@ -424,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m council.jobs.specialize` and `council specialize`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    summary = specialize(plan_from_args(args), args.out, use_ray=args.ray, only=args.only)
+    plan = plan_from_args(args)
+    summary = specialize(plan, args.out, use_ray=args.ray, only=args.only, general_from=args.general_from)
     log.info("done in %.0f s; report in %s", summary["wall_seconds"], args.out / "training-report.json")
     return 0
 

@@ -51,61 +51,64 @@ class ExerciseMaker:
 
     def example(self) -> tuple[str, str]:
         """One (prompt, answer) pair; the model is trained to emit ' ' + answer + newline after the prompt."""
+        return self.episode(1)[0]
+
+    def episode(self, questions: int) -> list[tuple[str, str]]:
+        """Several questions over one set of passages, as (text, answer) turns.
+
+        The first turn is the exact serving prompt; later turns only add "question : ...\nanswer :" after the
+        previous answer. Serving stops at the first newline, so it never sees them, but training gets several
+        supervised answers per forward pass: the cheapest way to more signal per CPU second.
+        """
+        rng, mx = self._rng, self.mixture
+        domain = rng.choice(mx.domains)
+        n = rng.randint(0, mx.max_passages)
+        passages = self._distractors(domain, n, avoid="")
+        if passages and self.known and rng.random() < 0.2:
+            passages[0] = rng.choice(self.known)  # a retrieved passage that agrees with memory
+        rng.shuffle(passages)
+        turns = [self._turn(passages, domain) for _ in range(questions)]
+        template = get_template(self.template)
+        first = template.render(turns[0][0], [render_document(p) for p in passages])
+        follow = template.body.split("{passages}", 1)[1]
+        return [(first, turns[0][1])] + [(follow.format(question=q), a) for q, a in turns[1:]]
+
+    def _turn(self, passages: list[Entity], domain: str) -> tuple[str, str]:
         mx, rng = self.mixture, self._rng
         kinds = ["read", "absent", "mismatch", "recall"]
-        weights = [mx.read, mx.absent, mx.mismatch, mx.recall if self.known else 0.0]
+        weights = [mx.read if passages else 0.0, mx.absent, mx.mismatch if passages else 0.0,
+                   mx.recall if self.known else 0.0]
         kind = rng.choices(kinds, weights)[0]
-        return getattr(self, f"_{kind}")()
+        present = {p.name for p in passages}
+        if kind == "read":
+            target = rng.choice(passages)
+            attr = rng.choice(DOMAINS[target.domain].attributes)
+            return self._question(target, attr, target.domain), target.facts[attr]
+        if kind == "absent":
+            target = self._entity(domain)
+            while target.name in present:
+                target = self._entity(domain)
+            return self._question(target, rng.choice(DOMAINS[domain].attributes), domain), UNKNOWN
+        if kind == "mismatch":
+            target = rng.choice(passages)
+            other = rng.choice([d for d in DOMAINS if d != target.domain])
+            return self._question(target, rng.choice(DOMAINS[other].attributes), other), UNKNOWN
+        target = rng.choice(self.known)
+        attr = rng.choice(DOMAINS[target.domain].attributes)
+        return self._question(target, attr, target.domain), target.facts[attr]
+
+    def _question(self, entity: Entity, attribute: str, spec_domain: str) -> str:
+        phr = self._rng.choice(train_phrasings(DOMAINS[spec_domain], attribute))
+        return phr.format(m=entity.mention)
 
     def _entity(self, domain: str) -> Entity:
         return Entity(self._rng.choice(self._free), domain, "exercise", random_facts(self._rng, DOMAINS[domain]))
 
     def _distractors(self, domain: str, n: int, avoid: str) -> list[Entity]:
-        out = []
+        out: list[Entity] = []
         while len(out) < n:
-            d = domain if self._rng.random() < self.mixture.same_domain_distractors else self._rng.choice(
-                list(DOMAINS)
-            )
-            e = self._entity(d)
+            same = self._rng.random() < self.mixture.same_domain_distractors
+            e = self._entity(domain if same else self._rng.choice(list(DOMAINS)))
             if e.name != avoid and all(e.name != o.name for o in out):
                 out.append(e)
         return out
-
-    def _prompt(self, entity: Entity, attribute: str, spec_domain: str, passages: list[Entity]) -> str:
-        phr = self._rng.choice(train_phrasings(DOMAINS[spec_domain], attribute))
-        self._rng.shuffle(passages)
-        texts = [render_document(p) for p in passages]
-        return get_template(self.template).render(phr.format(m=entity.mention), texts)
-
-    def _read(self) -> tuple[str, str]:
-        domain = self._rng.choice(self.mixture.domains)
-        target = self._entity(domain)
-        attr = self._rng.choice(DOMAINS[domain].attributes)
-        n = self._rng.randint(0, self.mixture.max_passages - 1)
-        prompt = self._prompt(target, attr, domain, [target, *self._distractors(domain, n, target.name)])
-        return prompt, target.facts[attr]
-
-    def _absent(self) -> tuple[str, str]:
-        domain = self._rng.choice(self.mixture.domains)
-        target = self._entity(domain)
-        attr = self._rng.choice(DOMAINS[domain].attributes)
-        n = self._rng.randint(0, self.mixture.max_passages)
-        return self._prompt(target, attr, domain, self._distractors(domain, n, target.name)), UNKNOWN
-
-    def _mismatch(self) -> tuple[str, str]:
-        domain = self._rng.choice(self.mixture.domains)
-        target = self._entity(domain)
-        other = self._rng.choice([d for d in DOMAINS if d != domain])
-        attr = self._rng.choice(DOMAINS[other].attributes)
-        n = self._rng.randint(0, self.mixture.max_passages - 1)
-        prompt = self._prompt(target, attr, other, [target, *self._distractors(domain, n, target.name)])
-        return prompt, UNKNOWN
-
-    def _recall(self) -> tuple[str, str]:
-        target = self._rng.choice(self.known)
-        attr = self._rng.choice(DOMAINS[target.domain].attributes)
-        n = self._rng.randint(0, self.mixture.max_passages)
-        passages = self._distractors(target.domain, n, target.name)
-        if passages and self._rng.random() < 0.3:
-            passages[0] = target  # the retrieved gold passage agrees with memory
-        return self._prompt(target, attr, target.domain, passages), target.facts[attr]

@@ -26,6 +26,8 @@ def vocabulary() -> list[str]:
     words = set(re.findall(PIECE_RE, template_text.replace("\n", " ").lower()))
     words |= fixed_words() | {UNKNOWN, "(", ")", "/", "<", ">", ".", ",", "?", ":", "'", "-", "!"}
     words |= {str(i) for i in range(MAX_PASSAGE_INDEX + 1)}
+    # transformers' StopStringCriteria probes every tokenizer with this word: it must not be [UNK].
+    words.add("abcdef")
     words -= {"{", "}", "i", "text", "system", "passages", "question"} - _needed(template_text)
     ordered = [PAD, UNK, EOS, NEWLINE] + sorted(words) + [n for n in name_pool() if n not in words]
     return list(dict.fromkeys(ordered))

@@ -1,0 +1,343 @@
+"""Judge the council on held-out questions: accuracy, agreement, retrieval, abstention, orderings, sweeps."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from council.agreement import is_unknown, normalise
+from council.config import CouncilConfig, SpecialistConfig
+from council.types import AskRequest, CouncilAnswer
+from council.world.generator import Question, World, build_world, load_questions
+
+if TYPE_CHECKING:
+    from council.backends.chroma import ChromaRetriever
+    from council.pipeline import Council
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+BUDGETS = (64, 128, 256, 512, 1024)
+TENANT = "public"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One question asked once, and what came back."""
+
+    id: str
+    split: str
+    gold: str
+    answer: str
+    abstained: bool
+    agreement: float
+    correct: bool
+    tokens: int
+    latency_ms: float
+    members: dict[str, str]
+
+
+def is_correct(q: Question, ans: CouncilAnswer) -> bool:
+    """Right answer, or (for an unanswerable question) an abstention or "unknown"."""
+    if q.split == "unanswerable":
+        return abstains(ans)
+    return not ans.abstained and normalise(ans.answer) == normalise(q.answer)
+
+
+def abstains(ans: CouncilAnswer) -> bool:
+    return ans.abstained or is_unknown(ans.answer)
+
+
+def to_record(q: Question, ans: CouncilAnswer) -> Record:
+    tokens = sum(m.prompt_tokens + m.completion_tokens for m in ans.members)
+    return Record(
+        q.id, q.split, q.answer, ans.answer, abstains(ans), ans.agreement, is_correct(q, ans), tokens,
+        float(ans.timings.get("total", 0.0)), {m.name: m.answer or "" for m in ans.members},
+    )
+
+
+async def ask_all(council: Council, questions: Sequence[Question], **options: Any) -> list[Record]:
+    """Ask every question (one at a time: timings stay per question) with the same AskRequest options."""
+    out = []
+    for q in questions:
+        ans = await council.ask(AskRequest(question=q.question, tenant=TENANT, **options))
+        out.append(to_record(q, ans))
+    return out
+
+
+def accuracy(records: Sequence[Record]) -> float:
+    return sum(r.correct for r in records) / max(1, len(records))
+
+
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Probability a random positive scores above a random negative (ties count half); None if one class."""
+    pos = [s for s, p in zip(scores, positives, strict=True) if p]
+    neg = [s for s, p in zip(scores, positives, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def agreement_metrics(records: Sequence[Record]) -> dict[str, Any]:
+    """(1 - agreement) as a wrong-answer detector on answered questions, and accuracy when covering the surest."""
+    answered = [r for r in records if not r.abstained]
+    ranked = sorted(answered, key=lambda r: -r.agreement)
+
+    def at(coverage: float) -> float | None:
+        n = round(coverage * len(ranked))
+        return accuracy(ranked[:n]) if n else None
+
+    return {
+        "answered": len(answered),
+        "wrong_base_rate": 1 - accuracy(answered) if answered else None,
+        "auroc_disagreement_for_wrong": auroc([1 - r.agreement for r in answered], [not r.correct for r in answered]),
+        "accuracy_at_80_coverage": at(0.8),
+        "accuracy_at_90_coverage": at(0.9),
+        "accuracy_at_full_coverage": at(1.0),
+    }
+
+
+def retrieval_recall(retriever: ChromaRetriever, questions: Sequence[Question]) -> dict[str, float]:
+    """Share of answerable questions whose gold passage is among the top 1, 3 and 5 retrieved chunks."""
+    hits = {1: 0, 3: 0, 5: 0}
+    asked = [q for q in questions if q.doc_id and q.split != "unanswerable"]
+    for q in asked:
+        sources = [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=5)]
+        for k in hits:
+            hits[k] += q.doc_id in sources[:k]
+    return {f"recall_at_{k}": v / max(1, len(asked)) for k, v in hits.items()}
+
+
+async def order_sensitivity(council: Council, questions: Sequence[Question]) -> dict[str, Any]:
+    """How often a member's answer changes across the 4 orderings, and accuracy with 1 vs 4 orderings voted."""
+    flips, pairs_differ, n_members = 0, 0.0, 0
+    single, voted = [], []
+    for q in questions:
+        one = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=1))
+        four = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=4))
+        single.append(to_record(q, one))
+        voted.append(to_record(q, four))
+        for m in four.members:
+            answers = [normalise(a) for a in m.ordering_answers]
+            if len(answers) < 2:
+                continue
+            n_members += 1
+            flips += len(set(answers)) > 1
+            pairs = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1 :]]
+            pairs_differ += sum(a != b for a, b in pairs) / len(pairs)
+    return {
+        "member_answers": n_members,
+        "flip_rate_any_of_4": flips / max(1, n_members),
+        "pairwise_flip_rate_1_ordering": pairs_differ / max(1, n_members),
+        "accuracy_1_ordering": accuracy(single),
+        "accuracy_4_orderings_voted": accuracy(voted),
+    }
+
+
+async def budget_sweep(council: Council, questions: Sequence[Question]) -> list[dict[str, Any]]:
+    """Accuracy and tokens spent as the context budget shrinks."""
+    rows = []
+    for budget in BUDGETS:
+        recs = await ask_all(council, questions, budget_tokens=budget)
+        rows.append({"budget_tokens": budget, "accuracy": accuracy(recs),
+                     "mean_tokens": statistics.fmean(r.tokens for r in recs)})
+    return rows
+
+
+async def k_sweep(council: Council, questions: Sequence[Question]) -> list[dict[str, Any]]:
+    """Accuracy, latency and tokens for councils of 1..N members."""
+    rows = []
+    for k in range(1, len(council.config.specialists) + 1):
+        recs = await ask_all(council, questions, k=k)
+        rows.append({"k": k, "accuracy": accuracy(recs), "mean_tokens": statistics.fmean(r.tokens for r in recs),
+                     "p50_latency_ms": statistics.median(r.latency_ms for r in recs)})
+    return rows
+
+
+def sample_questions(questions: Sequence[Question], world_seed: int, trained_seed: int, n: int, seed: int) -> dict:
+    """Up to `n` questions per kind. On the training world, trained facts are asked in held-out phrasings only;
+    on any other world every fact is new to the models, so its trained split counts as fresh."""
+    rng = random.Random(seed)
+    same = world_seed == trained_seed
+
+    def pick(split: str, held: bool | None = None) -> list[Question]:
+        pool = [q for q in questions if q.split == split and (held is None or q.held_out == held)]
+        return rng.sample(pool, min(n, len(pool)))
+
+    if same:
+        return {"trained": pick("trained", True), "fresh": pick("fresh"), "unanswerable": pick("unanswerable")}
+    fresh = [replace(q, split="fresh") for q in pick("trained") + pick("fresh")]
+    return {"trained": [], "fresh": rng.sample(fresh, min(n, len(fresh))), "unanswerable": pick("unanswerable")}
+
+
+def open_store(config: CouncilConfig, world: World, folder: Path) -> tuple[CouncilConfig, ChromaRetriever]:
+    """A fresh embedded Chroma in `folder` holding the world's corpus (source = document id)."""
+    from council.backends.chroma import ChromaRetriever
+
+    retrieval = config.retrieval.model_copy(update={"path": str(folder), "host": None})
+    config = config.model_copy(update={"retrieval": retrieval})
+    retriever = ChromaRetriever(retrieval)
+    for domain in sorted({d.domain for d in world.documents}):
+        docs = [(d.id, d.text) for d in world.documents if d.domain == domain]
+        retriever.ingest_texts(docs, tenant=TENANT, domain=domain)
+    return config, retriever
+
+
+def generalist_council(config: CouncilConfig, path: Path, retriever: ChromaRetriever) -> Council:
+    """A one-member council of the generalist, with the same retrieval, template and decoding."""
+    from council.local import build_local_council
+
+    first = config.specialists[0]
+    member = SpecialistConfig(
+        name="generalist", model=str(path), domain="general", description="every domain",
+        context_window=first.context_window, generation=first.generation, dtype=first.dtype,
+        prompt_template=first.prompt_template,
+    )
+    router = config.router.model_copy(update={"k": 1, "quorum": 1})
+    solo = config.model_copy(update={"specialists": [member], "router": router})
+    return build_local_council(solo, retriever=retriever)
+
+
+async def accuracy_table(council: Council, generalist: Council | None, qs: Sequence[Question]) -> dict[str, Any]:
+    """Accuracy of the council, the generalist and each specialist alone, on the same questions."""
+    table: dict[str, Any] = {"council": accuracy(await ask_all(council, qs))}
+    if generalist is not None:
+        table["generalist"] = accuracy(await ask_all(generalist, qs))
+    for s in council.config.specialists:
+        table[s.name] = accuracy(await ask_all(council, qs, specialists=(s.name,)))
+        table[f"{s.name}@own_domain"] = accuracy(
+            await ask_all(council, [q for q in qs if q.domain == s.domain], specialists=(s.name,))
+        )
+    singles = [v for k, v in table.items() if k not in ("council", "generalist") and "@" not in k]
+    table["best_single_specialist"] = max(singles) if singles else None
+    return table
+
+
+async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Question], args: argparse.Namespace,
+                   store: Path) -> dict[str, Any]:
+    """Every metric of issue 4 on one question sample; returns the metrics dict."""
+    from council.local import build_local_council
+
+    config, retriever = open_store(config, world, store)
+    council = build_local_council(config, retriever=retriever)
+    gen_path = args.generalist or DEMO_DIR / "models" / "generalist"
+    generalist = generalist_council(config, gen_path, retriever) if (gen_path / "config.json").exists() else None
+    qs = sample_questions(questions, world.seed, args.trained_seed, args.n, args.seed)
+    answerable = qs["trained"] + qs["fresh"]
+    every = answerable + qs["unanswerable"]
+    started = time.perf_counter()
+    main = await ask_all(council, every)
+    by_split = {s: [r for r in main if r.split == s] for s in qs}
+    no_retrieval = await ask_all(council, qs["fresh"], use_retrieval=False)
+    small = answerable[: args.sweep_n]
+    metrics: dict[str, Any] = {
+        "world_seed": world.seed, "trained_world_seed": args.trained_seed,
+        "questions": {s: len(v) for s, v in qs.items()},
+        "accuracy_by_split": {s: accuracy(v) for s, v in by_split.items() if v},
+        "accuracy_answerable": {**await accuracy_table(council, generalist, answerable)},
+        "agreement": agreement_metrics([r for r in main if r.split != "unanswerable"]),
+        "retrieval": retrieval_recall(retriever, answerable),
+        "fresh": {"with_retrieval": accuracy(by_split["fresh"]), "without_retrieval": accuracy(no_retrieval)},
+        "abstention": {
+            "unanswerable_abstained": statistics.fmean(r.abstained for r in by_split["unanswerable"])
+            if by_split["unanswerable"] else None,
+            "answerable_wrongly_abstained": statistics.fmean(r.abstained for r in main if r.split != "unanswerable"),
+        },
+        "order_sensitivity": await order_sensitivity(council, small),
+        "budget_sweep": await budget_sweep(council, small),
+        "k_sweep": await k_sweep(council, small),
+    }
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["records"] = [asdict(r) for r in main]
+    return metrics
+
+
+def plot(metrics: dict[str, Any], out: Path) -> list[Path]:
+    """PNG plots of the accuracy table, coverage curve, budget and k sweeps (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    acc = {k: v for k, v in metrics["accuracy_answerable"].items() if "@" not in k and v is not None}
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(list(acc), list(acc.values()), color=["tab:green" if k == "council" else "tab:blue" for k in acc])
+    ax.set_ylabel("accuracy (answerable)")
+    ax.tick_params(axis="x", rotation=45)
+    paths.append(_save(fig, out / "accuracy.png"))
+    answered = sorted((r for r in metrics["records"] if not r["abstained"] and r["split"] != "unanswerable"),
+                      key=lambda r: -r["agreement"])
+    if answered:
+        cov = [(i + 1) / len(answered) for i in range(len(answered))]
+        run = [sum(r["correct"] for r in answered[: i + 1]) / (i + 1) for i in range(len(answered))]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(cov, run)
+        ax.set_xlabel("coverage (most agreed first)")
+        ax.set_ylabel("accuracy")
+        paths.append(_save(fig, out / "coverage.png"))
+    for key, x in (("budget_sweep", "budget_tokens"), ("k_sweep", "k")):
+        rows = metrics[key]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r[x] for r in rows], [r["accuracy"] for r in rows], marker="o", label="accuracy")
+        ax.set_xlabel(x)
+        ax.set_ylabel("accuracy")
+        ax2 = ax.twinx()
+        ax2.plot([r[x] for r in rows], [r["mean_tokens"] for r in rows], "--", color="gray", label="tokens")
+        ax2.set_ylabel("tokens per question")
+        paths.append(_save(fig, out / f"{key}.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="council eval", description=__doc__)
+    p.add_argument("--config", type=Path, default=DEMO_DIR / "council.yaml", help="council config (yaml)")
+    p.add_argument("--world-seed", type=int, default=0, help="world whose corpus is ingested and asked about")
+    p.add_argument("--trained-seed", type=int, default=0, help="world seed the specialists were trained on")
+    p.add_argument("--questions", type=Path, default=None, help="questions JSONL (default: the world's own)")
+    p.add_argument("--generalist", type=Path, default=None, help="generalist checkpoint (default: demo's)")
+    p.add_argument("--n", type=int, default=60, help="questions per kind (trained, fresh, unanswerable)")
+    p.add_argument("--sweep-n", type=int, default=30, help="questions for the ordering, budget and k sweeps")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m council.jobs.eval` and `council eval`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    config = CouncilConfig.from_yaml(args.config)
+    world = build_world(args.world_seed)
+    questions = load_questions(args.questions) if args.questions else list(world.all_questions)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="council-eval-") as store:
+        metrics = asyncio.run(evaluate(config, world, questions, args, Path(store)))
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    plots = plot(metrics, args.out)
+    log.info("metrics in %s; plots: %s", args.out / "metrics.json", ", ".join(p.name for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The committed demo checkpoints load with the Auto classes and answer trained questions with the real prompt."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from council.config import CouncilConfig
+from council.prompts import get_template
+from council.world import build_world
+
+DEMO = Path(__file__).resolve().parents[2] / "council" / "demo"
+CONFIG = DEMO / "council.yaml"
+# Share of sampled trained facts a specialist must get exactly right, closed-book (measured well above).
+MIN_CLOSED_BOOK = 0.6
+MIN_WITH_PASSAGE = 0.6
+
+pytestmark = pytest.mark.skipif(not CONFIG.exists(), reason="no committed demo council")
+
+
+def greedy(model: object, tok: object, prompt: str) -> str:
+    ids = tok(prompt, return_tensors="pt")  # type: ignore[operator]
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)  # type: ignore[attr-defined]
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)  # type: ignore[attr-defined]
+    return text.split("\n")[0].strip()
+
+
+def test_demo_specialists_answer_trained_questions() -> None:
+    cfg = CouncilConfig.from_yaml(CONFIG)
+    world = build_world(0)
+    docs = {d.id: d.text for d in world.documents}
+    template = get_template("qa")
+    rng = random.Random(0)
+    for spec in cfg.specialists:
+        model = AutoModelForCausalLM.from_pretrained(spec.model).eval()
+        tok = AutoTokenizer.from_pretrained(spec.model)
+        known = set(json.loads((Path(spec.model) / "training.json").read_text())["member"]["known"])
+        pool = [q for q in world.questions("trained", held_out=False) if q.entity in known]
+        sample = rng.sample(pool, 12)
+        closed = sum(greedy(model, tok, template.render(q.question, [])) == q.answer for q in sample)
+        others = [d.text for d in world.documents if d.domain == spec.domain]
+        read = sum(
+            greedy(model, tok, template.render(q.question, rng.sample(others, 2) + [docs[q.doc_id]])) == q.answer
+            for q in sample
+        )
+        assert closed / len(sample) >= MIN_CLOSED_BOOK, (spec.name, closed)
+        assert read / len(sample) >= MIN_WITH_PASSAGE, (spec.name, read)
