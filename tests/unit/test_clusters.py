@@ -1,0 +1,237 @@
+"""Every file under clusters/ parses, passes its tool's own schema, and carries a council config that validates."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from council.config import CouncilConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTERS = REPO / "clusters"
+# CI lays shared/ beside the clone; the CRDs are KubeRay v1.7.0's, used as they are (nothing vendored).
+CRDS = REPO.parent / "shared" / "kuberay-crds"
+KUBERAY = CLUSTERS / "kuberay"
+CRD_FILES = {
+    "RayService": "ray.io_rayservices.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCluster": "ray.io_rayclusters.yaml",
+}
+YAMLS = sorted(CLUSTERS.rglob("*.yaml"))
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kuberay_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p in sorted(KUBERAY.glob("*.yaml")) for d in docs(p) if d.get("apiVersion") == "ray.io/v1"]
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(CLUSTERS)))
+def test_every_yaml_parses(path: Path) -> None:
+    assert docs(path), f"{path} is empty"
+
+
+def test_the_expected_files_are_there() -> None:
+    names = {str(p.relative_to(CLUSTERS)) for p in YAMLS}
+    assert {
+        "local.yaml", "aws-gpu.yaml", "council-gpu.yaml", "serve-gpu.yaml", "kuberay/rayservice.yaml",
+        "kuberay/rayjob-batch.yaml", "kuberay/rayjob-eval.yaml", "kuberay/chroma.yaml",
+    } <= names
+    readme = (CLUSTERS / "README.md").read_text()
+    for name in names:
+        assert f"`{name}`" in readme, f"clusters/README.md does not say what {name} is for"
+
+
+# ---- the council configs ---------------------------------------------------------------------------------
+
+
+def gpu_config() -> CouncilConfig:
+    return CouncilConfig.from_yaml(CLUSTERS / "council-gpu.yaml")
+
+
+def test_gpu_council_config() -> None:
+    config = gpu_config()
+    for spec in config.specialists:
+        d = spec.deployment
+        assert d.num_gpus == 1, spec.name
+        assert d.autoscaling is not None and d.autoscaling.min_replicas >= 1 and d.autoscaling.max_replicas >= 2
+        assert d.max_ongoing_requests >= d.max_batch_size
+    assert config.retrieval.host, "a GPU cluster's replicas and jobs share one Chroma server"
+    assert config.router.max_ongoing_requests >= 100
+
+
+def serve_apps(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Serve config's applications, checked with Serve's own schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(data)
+    return list(data["applications"])
+
+
+def council_of(app: dict[str, Any], where: str) -> CouncilConfig:
+    """The council config a build_app application entry names (a path from the repository root, or inline)."""
+    assert app["import_path"] == "council.serving.app:build_app", where
+    args = app.get("args") or {}
+    if "config_dict" in args:
+        return CouncilConfig.from_dict(args["config_dict"], source=where)
+    path = REPO / args["config"]
+    if not path.exists() and args["config"] == "council/demo/council.yaml":
+        pytest.skip(f"{where}: {args['config']} (the trained demo council) is not in the repository yet")
+    assert path.exists(), f"{where}: args.config {args['config']!r} does not exist in the repository"
+    return CouncilConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "serve-gpu.yaml"])
+def test_serve_configs_hold_a_valid_council(name: str) -> None:
+    path = CLUSTERS / name
+    for app in serve_apps(path, docs(path)[0]):
+        council_of(app, str(path))
+
+
+def test_serve_gpu_deploys_the_gpu_council() -> None:
+    (app,) = serve_apps(CLUSTERS / "serve-gpu.yaml", docs(CLUSTERS / "serve-gpu.yaml")[0])
+    assert council_of(app, "serve-gpu.yaml") == gpu_config()
+
+
+# ---- the Ray cluster launcher ----------------------------------------------------------------------------
+
+
+def test_launcher_config_passes_rays_validate_config() -> None:
+    from ray.autoscaler._private.util import validate_config
+
+    config = docs(CLUSTERS / "aws-gpu.yaml")[0]
+    validate_config(config)  # raises on anything ray-schema.json rejects
+
+
+def test_launcher_config_shape() -> None:
+    config = docs(CLUSTERS / "aws-gpu.yaml")[0]
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0, "the head must not hold a GPU"
+    gpu = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert gpu and all(t["resources"]["GPU"] >= 1 and t["max_workers"] > t["min_workers"] for t in gpu)
+    assert config["provider"]["use_internal_ips"] is True
+    setup = " ".join(config["setup_commands"])
+    assert "pip install" in setup and "~/council" in setup
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start, "the dashboard/job server must stay private"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+
+
+# ---- KubeRay ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def crd_schemas() -> dict[str, dict[str, Any]]:
+    if not CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRDS} (CI lays shared/ beside the clone); manifests not validated")
+    schemas = {}
+    for kind, name in CRD_FILES.items():
+        # The CRDs are megabytes of YAML: libyaml's loader reads them in a fraction of the pure-Python time.
+        crd = yaml.load((CRDS / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        schemas[kind] = v1["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+@pytest.mark.parametrize(
+    ("path", "manifest"), kuberay_manifests(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind", "")
+)
+def test_kuberay_manifest_matches_the_crd(path: Path, manifest: dict[str, Any], crd_schemas: dict[str, Any]) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(crd_schemas[manifest["kind"]])
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{path.name}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+    # The API server silently prunes fields its schema does not know: a typo would vanish, not fail.
+    unknown = unknown_fields(manifest, crd_schemas[manifest["kind"]])
+    assert not unknown, f"{path.name}: fields the CRD does not declare: {unknown}"
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], where: str = "") -> list[str]:
+    """Paths in `value` that `schema` does not declare (where it declares its properties at all)."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out = []
+        for key, sub in value.items():
+            if key not in schema["properties"]:
+                out.append(f"{where}.{key}")
+            else:
+                out += unknown_fields(sub, schema["properties"][key], f"{where}.{key}")
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [p for i, v in enumerate(value) for p in unknown_fields(v, schema["items"], f"{where}[{i}]")]
+    return []
+
+
+def cluster_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+
+
+@pytest.mark.parametrize(
+    ("path", "manifest"), kuberay_manifests(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind", "")
+)
+def test_kuberay_clusters_are_private_autoscaled_and_authenticated(path: Path, manifest: dict[str, Any]) -> None:
+    spec = cluster_spec(manifest)
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"]["mode"] == "token"
+    assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert str(limits["nvidia.com/gpu"]) == "1"
+    assert gpu["maxReplicas"] > gpu["minReplicas"]
+    assert spec["rayVersion"] == _installed_ray()
+
+
+def _installed_ray() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
+def test_rayservice_serves_the_gpu_council() -> None:
+    (svc,) = docs(KUBERAY / "rayservice.yaml")
+    serve_config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    (app,) = serve_apps(KUBERAY / "rayservice.yaml", serve_config)
+    config = council_of(app, "rayservice.yaml serveConfigV2")
+    assert config == gpu_config()
+    assert all(s.deployment.num_gpus == 1 and s.deployment.autoscaling for s in config.specialists)
+
+
+def test_chroma_service_is_what_the_gpu_council_points_at() -> None:
+    manifests = {d["kind"]: d for d in docs(KUBERAY / "chroma.yaml")}
+    assert {"Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy"} <= set(manifests)
+    service, deployment = manifests["Service"], manifests["Deployment"]
+    retrieval = gpu_config().retrieval
+    assert service["metadata"]["name"] == retrieval.host
+    assert service["spec"]["type"] == "ClusterIP"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == retrieval.port == 8001
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["chroma", "run"] and command[command.index("--port") + 1] == str(port["targetPort"])
+    assert deployment["spec"]["replicas"] == 1, "one Chroma server per data folder"
+
+
+@pytest.mark.parametrize("name", ["rayjob-batch.yaml", "rayjob-eval.yaml"])
+def test_rayjob_entrypoints_parse_and_name_a_valid_council(name: str) -> None:
+    (job,) = docs(KUBERAY / name)
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "-m"], argv
+    module, args = argv[2], argv[3:]
+    assert module in {"council.jobs.batch", "council.jobs.eval"}
+    config = REPO / args[args.index("--config") + 1]
+    CouncilConfig.from_yaml(config)
+    # The job's own parser accepts the entrypoint's arguments.
+    importlib.import_module(module).parse_args(args)
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
