@@ -279,14 +279,13 @@ def plot(metrics: dict[str, Any], out: Path) -> list[Path]:
     paths.append(_save(fig, out / "accuracy.png"))
     answered = sorted((r for r in metrics["records"] if not r["abstained"] and r["split"] != "unanswerable"),
                       key=lambda r: -r["agreement"])
-    if answered:
-        cov = [(i + 1) / len(answered) for i in range(len(answered))]
-        run = [sum(r["correct"] for r in answered[: i + 1]) / (i + 1) for i in range(len(answered))]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(cov, run)
-        ax.set_xlabel("coverage (most agreed first)")
-        ax.set_ylabel("accuracy")
-        paths.append(_save(fig, out / "coverage.png"))
+    cov = [(i + 1) / len(answered) for i in range(len(answered))]
+    run = [sum(r["correct"] for r in answered[: i + 1]) / (i + 1) for i in range(len(answered))]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(cov, run)  # empty when the council abstained on everything
+    ax.set_xlabel("coverage (most agreed first)")
+    ax.set_ylabel("accuracy of answered questions")
+    paths.append(_save(fig, out / "coverage.png"))
     for key, x in (("budget_sweep", "budget_tokens"), ("k_sweep", "k")):
         rows = metrics[key]
         fig, ax = plt.subplots(figsize=(5, 3.5))
