@@ -245,21 +245,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [build_tiny_gpt2(base / f"gpt2-{seed}", seed=seed) for seed in range(2)]
 
 
-@pytest.fixture(scope="session")
-def council_yaml(tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A council YAML whose embedded store already holds documents for tenants `public` and `acme`."""
+def seeded_council_yaml(folder: Path, models: list[Path]) -> Path:
+    """A council YAML in `folder` whose embedded store already holds documents for `public` and `acme`."""
     import yaml
 
     from council.backends.chroma import ChromaRetriever
-    from council.backends.embeddings import get_embedder
     from council.config import CouncilConfig
 
-    tmp = tmp_path_factory.mktemp("job-council")
-    path = tmp / "council.yaml"
-    path.write_text(yaml.safe_dump(council_dict(tiny_models, tmp / "store")))
-    retrieval = CouncilConfig.from_yaml(path).retrieval
-    retriever = ChromaRetriever(retrieval, get_embedder(retrieval.embedder))
+    path = folder / "council.yaml"
+    path.write_text(yaml.safe_dump(council_dict(models, folder / "store")))
+    retriever = ChromaRetriever(CouncilConfig.from_yaml(path).retrieval)
     for tenant, docs in DOCS.items():
         retriever.ingest_texts(docs, tenant=tenant)
     retriever.close()  # the job's actors open the folder next: this process lets go of it
     return path
+
+
+@pytest.fixture(scope="session")
+def council_yaml(tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The council the batch jobs build in their own actors (its store seeded for `public` and `acme`)."""
+    return seeded_council_yaml(tmp_path_factory.mktemp("job-council"), tiny_models)
