@@ -1,0 +1,76 @@
+"""Against a council deployed on the head with `serve deploy` (clusters/local.yaml's app): batch by handle,
+and the quickstart notebook through `Client.connect()`."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.jobs.conftest import REPO, VENV_BIN, RayHead, free_port, seeded_council_yaml
+from tests.jobs.test_batch import assert_exactly_once, batch_cmd, submit, wait_job, write_questions
+from tests.jobs.test_notebooks import execute
+
+DEPLOY_TIMEOUT_S = 300.0
+
+
+def app_status(head: RayHead) -> str:
+    """The `council` app's status from the dashboard's Serve API (with the token), or '' when absent."""
+    resp = requests.get(f"{head.dashboard_url}/api/serve/applications/", headers=head.headers(), timeout=30)
+    resp.raise_for_status()
+    return str(resp.json().get("applications", {}).get("council", {}).get("status", ""))
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_head: RayHead, tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`serve deploy` of clusters/local.yaml's application (its council config swapped for a tiny one)."""
+    tmp = tmp_path_factory.mktemp("deployed")
+    serve_config: dict[str, Any] = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
+    serve_config["http_options"]["port"] = free_port()
+    (app,) = serve_config["applications"]
+    app["args"]["config"] = str(seeded_council_yaml(tmp, tiny_models))
+    app["runtime_env"] = {"env_vars": {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}}
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    subprocess.run(
+        [str(VENV_BIN / "serve"), "deploy", str(path), "--address", ray_head.dashboard_url],
+        check=True, env=ray_head.env, timeout=120, capture_output=True,
+    )
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while (status := app_status(ray_head)) != "RUNNING":
+        assert status not in {"DEPLOY_FAILED", "UNHEALTHY"}, f"the app is {status}"
+        assert time.monotonic() < deadline, f"the app is still {status!r} after {DEPLOY_TIMEOUT_S}s"
+        time.sleep(2.0)
+    yield path
+    subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--yes", "--address", ray_head.dashboard_url],
+                   env=ray_head.env, timeout=120, capture_output=True)
+
+
+def test_batch_asks_the_deployed_app_through_its_handle(ray_head: RayHead, deployed: Path, tmp_path: Path) -> None:
+    ids = write_questions(tmp_path / "q.parquet", 16)
+    out = tmp_path / "answers"
+    cmd = batch_cmd(tmp_path / "q.parquet", out, deployed, "--batch-size", "4").replace(f"--config {deployed}", "")
+    client, job = submit(ray_head, cmd + " --app council")
+    status = wait_job(client, job)
+    logs = client.get_job_logs(job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "answering through the deployed Serve app 'council'" in logs
+    table = assert_exactly_once(out, ids)
+    assert all(r["error"] is None and r["members"] for r in table.to_pylist())
+
+
+def test_quickstart_through_the_client_handle(
+    ray_head: RayHead, deployed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = execute(
+        "01_quickstart.ipynb", monkeypatch,
+        COUNCIL_NOTEBOOK_MODE="handle", RAY_ADDRESS=ray_head.gcs_address, RAY_AUTH_MODE="token",
+    )
+    assert "connected (handle)" in out
+    assert "acme now retrieves the new document: True; public sees it: False" in out, out[-3000:]
