@@ -241,7 +241,8 @@ def create_app(ingress: RouterIngress) -> FastAPI:
     """The FastAPI app over one RouterIngress replica."""
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="council", version="1", docs_url=None, redoc_url=None)
+    # No schema or docs routes: they would answer without the bearer token.
+    app = FastAPI(title="council", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     key = os.environ.get(API_KEY_ENV) or None
     limit = ingress.config.http.max_body_bytes
 

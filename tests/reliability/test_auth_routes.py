@@ -1,0 +1,93 @@
+"""With COUNCIL_API_KEY set, every route of the HTTP app but /healthz refuses a missing or wrong token (401),
+found by walking the app's routes (a new route cannot slip through), and the token is compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from council.config import CouncilConfig
+from council.serving import http
+
+KEY = "s3cret-key-\u00e9"  # non-ASCII: the comparison is on bytes
+OPEN = {"/healthz"}
+
+
+class _StubIngress:
+    """Just enough of RouterIngress for the routes; any call past auth is a test failure."""
+
+    def __init__(self) -> None:
+        self.config = CouncilConfig.from_dict({"specialists": [{"name": "a", "model": "none"}]})
+
+    def models(self) -> list[str]:
+        raise AssertionError("reached the ingress without a valid token")
+
+    async def ask(self, payload: Any) -> Any:
+        raise AssertionError("reached the ingress without a valid token")
+
+    ingest = status = ask
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    monkeypatch.setenv(http.API_KEY_ENV, KEY)
+    return TestClient(http.create_app(_StubIngress()), raise_server_exceptions=False)  # type: ignore[arg-type]
+
+
+def _routes(client: TestClient) -> list[tuple[str, str]]:
+    app: Any = client.app
+    found = []
+    for route in app.routes:
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            if method != "HEAD":
+                found.append((method, route.path))
+    return found
+
+
+def test_the_app_has_the_documented_routes(client: TestClient) -> None:
+    paths = {p for _, p in _routes(client)}
+    assert {"/healthz", "/v1/council", "/v1/chat/completions", "/v1/models"} <= paths
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer wrong", f"Basic {KEY}", f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", KEY],
+)
+def test_every_route_but_healthz_refuses_a_bad_token(client: TestClient, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization.encode("utf-8")}
+    for method, path in _routes(client):
+        if path in OPEN:
+            continue
+        r = client.request(method, path, headers=headers, content=b'{"question": "q"}')
+        assert r.status_code == 401, (method, path, r.status_code, r.text[:200])
+        assert r.json()["error"]["type"] == "unauthorized"
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_healthz_stays_open(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
+
+
+def test_the_token_is_compared_in_constant_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(http.hmac, "compare_digest", spy)
+    assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert calls and calls[-1][1] == KEY.encode("utf-8")
+
+
+def test_the_right_token_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(http.API_KEY_ENV, KEY)
+    ingress = SimpleNamespace(config=_StubIngress().config, models=lambda: ["council", "a"])
+    client = TestClient(http.create_app(ingress), raise_server_exceptions=False)  # type: ignore[arg-type]
+    r = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}".encode()})
+    assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["council", "a"]
