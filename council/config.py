@@ -90,6 +90,9 @@ class RouterConfig(_Model):
     early_exit: bool = Field(False, description="Answer once a quorum agrees; cancel the stragglers.")
     max_ongoing_requests: int = Field(200, ge=1, description="Ingress concurrency (it awaits members).")
     max_queued_requests: int = Field(400, ge=-1, description="Ingress queue bound; beyond it Serve answers 503.")
+    retry_after_s: float = Field(
+        1.0, gt=0, description="Retry-After (seconds) of the 503 Serve answers when the ingress queue is full."
+    )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs per ingress replica.")
 

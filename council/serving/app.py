@@ -150,6 +150,8 @@ def build_app(args: dict[str, Any]) -> Application:
         name=INGRESS,
         num_replicas=router.num_replicas,
         ray_actor_options=ingress_actor,
+        # A full ingress queue is refused by Serve's proxy before our code runs: say when to retry there.
+        backpressure_config={"status_code": 503, "retry_after_s": router.retry_after_s},
         **shared,
     )
     log.info("council app: %d specialists %s", len(names), names)
