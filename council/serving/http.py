@@ -172,11 +172,17 @@ async def read_json(request: Request, limit: int) -> Any:
     except UnicodeDecodeError as e:
         raise InvalidRequest(f"body is not UTF-8 (bad byte at offset {e.start})") from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:
         raise InvalidRequest("invalid JSON: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and ints too long to convert
         raise InvalidRequest(f"invalid JSON: {e}") from None
+    try:
+        # "\ud800" is valid JSON but no character: it would fail later, in a tokenizer or the response encoder.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("invalid JSON: a \\u escape encodes a lone surrogate, not a character") from None
+    return value
 
 
 def _finite(value: Any) -> Any:
