@@ -402,6 +402,10 @@ def specialize(
     if any(m.domain for m in todo):
         if general_from is not None:
             base, _ = load_checkpoint(general_from)
+            # The generalist's compute budget follows the general steps really taken.
+            done = json.loads((Path(general_from) / "training.json").read_text()).get("step", plan.general.steps)
+            plan = replace(plan, general=replace(plan.general, steps=int(done)))
+            log.info("general phase loaded from %s (step %d)", general_from, done)
         else:
             base = train_general(plan, world, tok, out / "runs" / "general")
         base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}

@@ -26,6 +26,7 @@ class Mixture:
     mismatch: float = 0.05
     recall: float = 0.2
     max_passages: int = 4
+    min_passages: int = 0
     domains: tuple[str, ...] = tuple(DOMAINS)  # domains of the questions asked
     same_domain_distractors: float = 0.7  # distractors mostly look like the answer's passage
 
@@ -62,7 +63,7 @@ class ExerciseMaker:
         """
         rng, mx = self._rng, self.mixture
         domain = rng.choice(mx.domains)
-        n = rng.randint(0, mx.max_passages)
+        n = rng.randint(mx.min_passages, mx.max_passages)
         passages = self._distractors(domain, n, avoid="")
         if passages and self.known and rng.random() < 0.2:
             passages[0] = rng.choice(self.known)  # a retrieved passage that agrees with memory
