@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,7 @@ def build_dataset(args: argparse.Namespace, questions: Questions, done: set[str]
 
     ds = ray.data.read_parquet(questions.files).select_columns(questions.columns)
     if done:
-        ds = ds.map_batches(_drop_answered, batch_format="pyarrow", fn_kwargs={"done": pa.array(sorted(done))})
+        ds = ds.map_batches(partial(_drop_answered, done=pa.array(sorted(done))), batch_format="pyarrow")
     # One block per batch: each actor call then yields its own output block, which the driver writes as one
     # part as soon as it is answered (a large block would be answered whole before any of it is saved).
     ds = ds.repartition(target_num_rows_per_block=args.batch_size)
@@ -415,10 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_parquet_atomic(table, out / f"part-{shard_id(table['id'].to_pylist())}.parquet")
         written += table.num_rows
         errors += table.num_rows - table["error"].null_count
-        first = first or (time.perf_counter(), written)
-        steady = (written - first[1]) / max(time.perf_counter() - first[0], 1e-9)
-        log.info("progress: %d/%d answered this run (%d with errors); %.2f questions/s since the first part",
-                 written, pending, errors, steady)
+        if first is None:
+            first = (time.perf_counter(), written)
+            log.info("progress: %d/%d answered this run (%d with errors)", written, pending, errors)
+        else:
+            steady = (written - first[1]) / max(time.perf_counter() - first[0], 1e-9)
+            log.info("progress: %d/%d answered this run (%d with errors); %.2f questions/s since the first part",
+                     written, pending, errors, steady)
     return _verify(out, input_ids, written, time.perf_counter() - t0)
 
 

@@ -17,6 +17,7 @@ import argparse
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,7 @@ def check_files(files: Sequence[Path]) -> None:
                 raise bad_file(f, f"not a readable UTF-8 text file ({e})") from None
 
 
-def file_chunks(
-    item: dict[str, Any], *, tenant: str, domain: str | None, max_chars: int, overlap: int
-) -> Iterator[dict[str, Any]]:
+def file_chunks(item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: one file -> its chunks as rows {id, text}, cut by the retriever's own chunker."""
     from council.backends.chroma import chunk_id, chunk_text
 
@@ -112,13 +111,18 @@ class PrecomputedEmbedder:
         self.embedder_path = embedder_path
         self.hits = 0
         self.misses = 0
+        self._dim: int | None = None
 
     @property
     def dim(self) -> int:
         """Vector size: from the precomputed vectors, else from the real embedder."""
-        if self.vectors:
-            return int(next(iter(self.vectors.values())).shape[0])
-        return self._fallback().dim
+        if self._dim is None:
+            self._dim = int(next(iter(self.vectors.values())).shape[0]) if self.vectors else self._fallback().dim
+        return self._dim
+
+    @dim.setter
+    def dim(self, value: int) -> None:
+        self._dim = value
 
     def _fallback(self) -> Any:
         from council.backends.embeddings import get_embedder
@@ -223,16 +227,13 @@ def _chunk(files: Sequence[Path], args: argparse.Namespace, retrieval: Retrieval
     """Stage 1: chunk id -> text for every chunk of every file (read and chunked in parallel tasks)."""
     import ray
 
-    ds = ray.data.from_items([{"path": str(f.resolve())} for f in files]).flat_map(
+    chunker = partial(
         file_chunks,
-        fn_kwargs={
-            "tenant": args.tenant,
-            "domain": args.domain,
-            "max_chars": retrieval.chunking.max_chars,
-            "overlap": retrieval.chunking.overlap_sentences,
-        },
-        num_cpus=0.25,
+        tenant=args.tenant,
+        max_chars=retrieval.chunking.max_chars,
+        overlap=retrieval.chunking.overlap_sentences,
     )
+    ds = ray.data.from_items([{"path": str(f.resolve())} for f in files]).flat_map(chunker, num_cpus=0.25)
     return {row["id"]: row["text"] for row in ds.iter_rows()}
 
 
