@@ -49,6 +49,9 @@ class DeploymentOptions(_Model):
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
+    stuck_after_s: float = Field(
+        300.0, gt=0, description="A forward pass running longer than this fails the health check (a wedged model)."
+    )
 
 
 class GenerationOptions(_Model):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,9 @@ class Fault(BaseModel):
 
     delay_s: float = Field(default=0.0, ge=0, description="Sleep this long before answering each request.")
     error: str | None = Field(default=None, description="Fail every request with RuntimeError(error).")
+    hang_s: float = Field(
+        default=0.0, ge=0, description="Block the worker thread this long in each forward pass (a wedged model)."
+    )
 
 
 class SpecialistServer:
@@ -50,6 +56,10 @@ class SpecialistServer:
         self.specialist = TransformersSpecialist(self.config)
         # A failed forward pass makes the next health check try the model again (see check_health).
         self._suspect: str | None = None
+        # Forward passes in flight (ticket -> start): one running past stuck_after_s fails the health check.
+        self._running: dict[int, float] = {}
+        self._running_lock = threading.Lock()
+        self._tickets = itertools.count()
         self._stats = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0}
         options = self.config.deployment
         batcher: Any = self._generate_batch  # serve.batch's setters are not in its type
@@ -84,12 +94,25 @@ class SpecialistServer:
         self._stats["batches"] += 1
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(items))
         try:
-            return await asyncio.to_thread(self.specialist.generate_batch, items)
+            return await asyncio.to_thread(self._forward, items)
         except InvalidRequest:  # the request's fault, not the model's
             raise
         except Exception as e:
             self._suspect = f"{type(e).__name__}: {e}"
             raise
+
+    def _forward(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
+        # Timed in the worker thread itself: a cancelled caller does not stop a thread that hangs.
+        ticket = next(self._tickets)
+        with self._running_lock:
+            self._running[ticket] = time.monotonic()
+        try:
+            if self.fault.hang_s:
+                time.sleep(self.fault.hang_s)
+            return self.specialist.generate_batch(items)
+        finally:
+            with self._running_lock:
+                del self._running[ticket]
 
     async def _inject_fault(self) -> None:
         if self.fault.delay_s:
@@ -98,7 +121,14 @@ class SpecialistServer:
             raise RuntimeError(self.fault.error)
 
     async def check_health(self) -> None:
-        """Serve's health check: after a failed generation, the model must generate one token again."""
+        """Serve's health check: no forward pass may run past `stuck_after_s` (a wedged model), and after a
+        failed generation the model must generate one token again."""
+        with self._running_lock:
+            oldest = min(self._running.values(), default=None)
+        limit = self.config.deployment.stuck_after_s
+        if oldest is not None and time.monotonic() - oldest > limit:
+            stuck = time.monotonic() - oldest
+            raise RuntimeError(f"specialist {self.config.name}: a forward pass has run {stuck:.0f}s (> {limit:g}s)")
         if self._suspect is None:
             return
         if not await asyncio.to_thread(self.specialist.healthy):
