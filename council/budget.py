@@ -164,28 +164,33 @@ def select(
     is kept; one that does not is cut to its longest prefix of whole sentences that fits (a new
     Chunk), or dropped if not even its first sentence fits; then the walk goes on, so a smaller
     later chunk can still use the room left (a budget is better spent than left empty).
-    The report's ordering is "relevance"; `trim` sets the final one.
+    The report's ordering is "relevance"; `trim` sets the final one; its `trimmed_tokens` counts the
+    text tokens left out (cut sentences and dropped chunks).
     """
     kept: list[Chunk] = []
     whole: list[str] = []
     cut: list[str] = []
     dropped: list[str] = []
-    used = 0
+    used = trimmed = 0
     for chunk in chunks:
         room = budget - used
-        if room > 0 and _cost(counter, chunk.text) <= room:
+        cost = _cost(counter, chunk.text)
+        if room > 0 and cost <= room:
             kept.append(chunk)
             whole.append(chunk.id)
-            used += _cost(counter, chunk.text)
+            used += cost
             continue
         short = _cut(chunk, room, counter) if room > 0 else None
         if short is None:
             dropped.append(chunk.id)
+            trimmed += cost - counter.passage_overhead()
             continue
         kept.append(short)
         cut.append(chunk.id)
-        used += _cost(counter, short.text)
-    report = TrimReport(member, budget, used, tuple(whole), tuple(cut), tuple(dropped), "relevance")
+        short_cost = _cost(counter, short.text)
+        used += short_cost
+        trimmed += cost - short_cost
+    report = TrimReport(member, budget, used, tuple(whole), tuple(cut), tuple(dropped), "relevance", trimmed)
     return kept, report
 
 

@@ -61,6 +61,8 @@ class TrimReport:
     cut: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     ordering: str = "relevance"
+    # Tokens of retrieved text that did not make it in: the cut sentences and the dropped chunks.
+    trimmed_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ray import serve
 from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
 from council.errors import InvalidRequest
 from council.pipeline import Council
+from council.serving import metrics
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.types import AskRequest, Chunk, CouncilAnswer, Document, Generation, MemberAnswer, TrimReport
 
@@ -264,8 +265,17 @@ class RouterIngress:
         return answer.to_dict()
 
     async def ask_request(self, request: AskRequest) -> CouncilAnswer:
-        """Run the council on a typed request."""
-        return await self.council.ask(request)
+        """Run the council on a typed request; its outcome is counted in the council's metrics."""
+        from council.serving.http import as_council_error
+
+        t0 = time.perf_counter()
+        try:
+            answer = await self.council.ask(request)
+        except Exception as e:
+            metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
+            raise
+        metrics.record_answer(answer, time.perf_counter() - t0)
+        return answer
 
     async def ingest(self, payload: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/documents by handle: store documents for a tenant.

@@ -35,6 +35,7 @@ from council.errors import (
     Unauthorized,
     UnknownSpecialist,
 )
+from council.serving import metrics
 from council.serving.handles import unwrap
 from council.types import AskRequest, CouncilAnswer, Document
 
@@ -209,7 +210,8 @@ def error_response(error: CouncilError) -> Response:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-def _as_council_error(e: Exception) -> CouncilError | None:
+def as_council_error(e: BaseException) -> CouncilError | None:
+    """The council error `e` stands for (unwrapping Ray's wrappers; an unavailable service is Overloaded)."""
     cause = unwrap(e)
     if isinstance(cause, CouncilError):
         return cause
@@ -220,10 +222,13 @@ def _as_council_error(e: Exception) -> CouncilError | None:
 
 async def guarded(work: Callable[[], Awaitable[Response]]) -> Response:
     """Run a route: council errors become their JSON error; anything else a logged, generic 500."""
+    t0 = time.perf_counter()
     try:
         return await work()
     except Exception as e:
-        error = _as_council_error(e)
+        error = as_council_error(e)
+        # Counted once: the ingress has already counted what failed inside the council.
+        metrics.record_failure(e, time.perf_counter() - t0, error)
         if error is not None:
             return error_response(error)
         incident = uuid.uuid4().hex[:12]

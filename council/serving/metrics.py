@@ -110,19 +110,22 @@ class CouncilMetrics:
             for kind, ids in (("cut", t.cut), ("dropped", t.dropped)):
                 if ids:
                     self.trimmed_chunks.inc(len(ids), tags={"member": t.member, "kind": kind})
-            trimmed = getattr(t, "trimmed_tokens", 0)
-            if trimmed:
-                self.tokens_trimmed.inc(trimmed, tags={"member": t.member})
+            if t.trimmed_tokens > 0:
+                self.tokens_trimmed.inc(t.trimmed_tokens, tags={"member": t.member})
 
-    def record_failure(self, error: BaseException, elapsed_s: float) -> None:
-        """Count one request that got no answer (once per exception, however many layers see it)."""
+    def record_failure(self, error: BaseException, elapsed_s: float, cause: BaseException | None = None) -> None:
+        """Count one request that got no answer (once per exception, however many layers see it).
+
+        `cause` is what `error` means to the caller when it differs (a Ray wrapper's council error).
+        """
         if getattr(error, _METERED, False):
             return
-        outcome, reason = failure_outcome(error)
+        meaning = cause if cause is not None else error
+        outcome, reason = failure_outcome(meaning)
         self.requests.inc(1, tags={"outcome": outcome, "reason": reason})
         self.latency.observe(elapsed_s, tags={"outcome": outcome})
         # Under quorum, the members' failures travel in the error's details: count them too.
-        failed = error.details.get("members") if isinstance(error, CouncilError) else None
+        failed = meaning.details.get("members") if isinstance(meaning, CouncilError) else None
         for name, why in failed.items() if isinstance(failed, dict) else ():
             kind = "timeout" if str(why).startswith("timed out") else "cancelled" if why == "cancelled" else "error"
             counter = self.member_cancelled if kind == "cancelled" else self.member_errors
@@ -154,9 +157,9 @@ def record_answer(answer: CouncilAnswer, elapsed_s: float) -> None:
     _record("record_answer", answer, elapsed_s)
 
 
-def record_failure(error: BaseException, elapsed_s: float) -> None:
+def record_failure(error: BaseException, elapsed_s: float, cause: BaseException | None = None) -> None:
     """Count a request that got no answer (refused or failed); a metrics fault is logged, never raised."""
-    _record("record_failure", error, elapsed_s)
+    _record("record_failure", error, elapsed_s, cause)
 
 
 def _record(method: str, *args: Any) -> None:

@@ -40,7 +40,7 @@ def _answer(**kw: Any) -> CouncilAnswer:
         MemberAnswer("c", 0.2, error="RuntimeError: boom"),
         MemberAnswer("d", 0.1, cancelled=True),
     )
-    trims = (TrimReport("a", 64, 60, kept=("1",), cut=("2",), dropped=("3", "4")),)
+    trims = (TrimReport("a", 64, 60, kept=("1",), cut=("2",), dropped=("3", "4"), trimmed_tokens=75),)
     fields: dict[str, Any] = dict(
         question="q", answer="varn", agreement=0.8, entropy=0.1, abstained=False, degraded=True, members=members
     )
@@ -74,6 +74,7 @@ def test_record_answer(probed: Any) -> None:
         (1, {"member": "a", "kind": "cut"}),
         (2, {"member": "a", "kind": "dropped"}),
     ]
+    assert probed.tokens_trimmed.calls == [(75, {"member": "a"})]
 
 
 def test_a_failure_is_counted_once(probed: Any) -> None:
