@@ -1,0 +1,318 @@
+"""What Ray Serve costs the council: council vs its members called directly vs a no-op app, in one run."""
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a busy 2-core machine starts Ray slowly
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.tiny builds the tiny models
+
+from fastapi import FastAPI, Request  # noqa: E402
+from ray import serve  # noqa: E402
+
+noop_api = FastAPI()
+
+
+@serve.ingress(noop_api)
+class NoopIngress:
+    """The framework floor: the council's shape (ingress fanning out to k members), with no work anywhere."""
+
+    def __init__(self, members: list[Any]) -> None:
+        self.members = members
+
+    @noop_api.post("/v1/council")
+    async def http_ask(self, request: Request) -> dict[str, Any]:
+        return await self.ask(await request.json())
+
+    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
+        answers = await asyncio.gather(*(m.generate.remote(payload["question"], []) for m in self.members))
+        return {"question": payload["question"], "members": answers}
+
+
+class NoopMember:
+    """A member that answers at once."""
+
+    async def generate(self, question: str, passages: list[str]) -> dict[str, Any]:
+        return {"text": "", "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0}
+
+
+def allow_batch_outside_serve() -> None:
+    """`@serve.batch` works in any asyncio loop, but its queue asks the replica context for a warning; skip it."""
+    from ray.serve import batching
+
+    batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None  # type: ignore
+
+
+class DirectMember:
+    """A specialist called in this process, batched by the same `@serve.batch` the deployment uses."""
+
+    def __init__(self, specialist: Any, max_batch_size: int, wait_s: float) -> None:
+        self.specialist = specialist
+        self._batch.set_max_batch_size(max_batch_size)
+        self._batch.set_batch_wait_timeout_s(wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Any]:
+        return await asyncio.to_thread(self.specialist.generate_batch, items)
+
+    async def generate(self, question: str) -> Any:
+        return await self._batch((question, ()))
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def council_config(models: Sequence[Path], args: argparse.Namespace, batch: int, store: Path) -> dict[str, Any]:
+    """k tiny members that always write `max_new_tokens` (no stop strings); retrieval off per request."""
+    deployment = {
+        "num_cpus": 0.1,
+        "max_ongoing_requests": max(args.clients) * 2,
+        "max_queued_requests": -1,
+        "max_batch_size": batch,
+        "batch_wait_timeout_s": args.batch_wait_s,
+    }
+    specs = [
+        {"name": f"m{i}", "model": str(p), "description": f"member {i}", "deployment": deployment,
+         "generation": {"max_new_tokens": args.new_tokens, "stop": []}}
+        for i, p in enumerate(models)
+    ]  # fmt: skip
+    return {
+        "specialists": specs,
+        "router": {"k": len(specs), "quorum": 1, "member_timeout_s": 120, "max_ongoing_requests": 400},
+        "retrieval": {"path": str(store)},
+    }
+
+
+def build_models(folder: Path, k: int) -> list[Path]:
+    from tests.tiny import build_tiny_gpt2
+
+    return [build_tiny_gpt2(folder / f"m{i}", seed=i) for i in range(k)]
+
+
+def questions(n: int) -> list[str]:
+    from council.world.generator import build_world
+
+    qs = [q.question for q in build_world(0).questions("trained", held_out=False)]
+    return [qs[(i * 7) % len(qs)] for i in range(n)]
+
+
+def deploy(batched: dict[str, Any], unbatched: dict[str, Any], k: int) -> None:
+    """Three apps side by side (their replicas start in parallel): the council twice, and the no-op floor.
+
+    The unbatched twin is deployed up front: redeploying mid-run would race the old replicas' shutdown.
+    """
+    from council.serving.app import build_app
+
+    member = {"max_ongoing_requests": 128, "ray_actor_options": {"num_cpus": 0.1}}
+    members = [serve.deployment(NoopMember, name=f"noop{i}", **member).bind() for i in range(k)]  # type: ignore
+    router = {"max_ongoing_requests": batched["router"]["max_ongoing_requests"], "ray_actor_options": {"num_cpus": 0.1}}
+    noop = serve.deployment(NoopIngress, name="NoopIngress", **router).bind(members)  # type: ignore[arg-type]
+    serve.run_many([
+        serve.RunTarget(build_app({"config_dict": batched}), name="council", route_prefix="/"),
+        serve.RunTarget(build_app({"config_dict": unbatched}), name="council_unbatched", route_prefix="/unbatched"),
+        serve.RunTarget(noop, name="noop", route_prefix="/noop"),
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def sample(fn: Callable[[str], Any], prompts: Sequence[str], warmup: int) -> list[float]:
+    """Latencies in ms of calling `fn` on each prompt in turn, after `warmup` untimed calls."""
+    for q in prompts[:warmup]:
+        fn(q)
+    out = []
+    for q in prompts:
+        t0 = time.perf_counter()
+        fn(q)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pct(xs: Sequence[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Sequence[str], clients: int, total: int) -> float:
+    """Questions per second with `clients` callers each asking its next question as soon as one returns."""
+    todo = iter(range(total))
+
+    async def caller() -> None:
+        for i in todo:
+            await ask(prompts[i % len(prompts)])
+
+    await asyncio.gather(*(ask(prompts[i % len(prompts)]) for i in range(min(clients, 8))))  # warm the batch paths
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(clients))), timeout=600)
+    return total / (time.perf_counter() - t0)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--requests", type=int, default=40, help="sequential requests per latency row")
+    p.add_argument("--warmup", type=int, default=5, help="untimed requests before each latency row")
+    p.add_argument("--load", type=int, default=192, help="requests per throughput cell")
+    p.add_argument("--clients", type=int, nargs="+", default=[16, 64], help="concurrent callers")
+    p.add_argument("--k", type=int, default=3, help="council members (each its own deployment)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens each member writes")
+    p.add_argument("--batch-size", type=int, default=32, help="@serve.batch max_batch_size when batching")
+    p.add_argument("--batch-wait-s", type=float, default=0.01, help="@serve.batch batch_wait_timeout_s")
+    p.add_argument("--port", type=int, default=8077, help="loopback HTTP port for this run's Serve")
+    p.add_argument("--quick", action="store_true", help="small samples: about two minutes")
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines show as they happen
+    if args.quick:
+        args.requests, args.warmup, args.load = 20, 3, 96
+    import ray
+    import torch
+
+    # One thread per member on both sides: Ray gives each fractional-CPU replica OMP_NUM_THREADS=1.
+    torch.set_num_threads(1)
+    allow_batch_outside_serve()
+    work = Path(tempfile.mkdtemp(prefix="council-bench-"))
+    models = build_models(work / "models", args.k)
+    prompts = questions(args.requests)
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # Logical CPUs only place replicas (three apps of fractional-CPU replicas); each replica runs one thread.
+    ray.init(
+        address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+        logging_level=logging.WARNING,
+    )  # fmt: skip
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        return run(args, work, models, prompts)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[str]) -> int:
+    import httpx
+
+    from council.backends.embeddings import get_embedder
+    from council.backends.transformers import TransformersSpecialist
+    from council.client import Client
+    from council.config import SpecialistConfig
+
+    url = f"http://127.0.0.1:{args.port}"
+    t0 = time.perf_counter()
+    config = council_config(models, args, args.batch_size, work / "chroma")
+    deploy(config, council_config(models, args, 1, work / "chroma-unbatched"), args.k)
+    print(f"deployed the council (batched, unbatched) and the no-op app in {time.perf_counter() - t0:.0f} s")
+    opts = {"use_retrieval": False, "specialists": [s["name"] for s in config["specialists"]], "early_exit": False}
+    http_client, handle_client = Client(url), Client.connect("council")
+    noop_http = httpx.Client(timeout=60)
+    noop_handle = serve.get_app_handle("noop")
+    lat: dict[str, list[float]] = {}
+    stages: list[dict[str, float]] = []
+    lat["council, HTTP"] = sample(lambda q: http_client.ask(q, **opts), prompts, args.warmup)
+    lat["council, handle"] = sample(lambda q: stages.append(handle_client.ask(q, **opts).timings), prompts, args.warmup)
+    lat["no-op floor, HTTP"] = sample(
+        lambda q: noop_http.post(f"{url}/noop/v1/council", json={"question": q}).raise_for_status(),
+        prompts, args.warmup,
+    )  # fmt: skip
+    lat["no-op floor, handle"] = sample(
+        lambda q: noop_handle.ask.remote({"question": q}).result(timeout_s=60), prompts, args.warmup
+    )
+    specs = [SpecialistConfig.model_validate(s) for s in config["specialists"]]
+    members = [TransformersSpecialist(s) for s in specs]
+    for m in members:
+        lat[f"member {m.name}, direct"] = sample(lambda q, m=m: m.generate_batch([(q, ())]), prompts, args.warmup)
+    embedder = get_embedder(None)
+    answers = [g.text for g in members[0].generate_batch([(prompts[0], ())] * args.k)]
+    lat["embed question (1 text)"] = sample(lambda q: embedder.embed([q]), prompts, args.warmup)
+    lat[f"embed answers ({args.k} texts)"] = sample(lambda q: embedder.embed(answers), prompts, args.warmup)
+    print(f"latency rows done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    unbatched = Client.connect("council_unbatched")
+    thr = asyncio.run(load_cells(args, prompts, {args.batch_size: handle_client, 1: unbatched}, members, opts))
+    print(f"finished in {time.perf_counter() - t0:.0f} s\n", flush=True)
+    report(args, lat, thr, stages[args.warmup :])
+    return 0
+
+
+async def load_cells(
+    args: argparse.Namespace, prompts: list[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any]
+) -> dict[tuple[str, int], float]:
+    """Throughput of the council (by handle) and of its members called directly, per batch size and client count."""
+    out = {}
+    for batch, client in clients.items():
+        tag = "batched" if batch > 1 else "unbatched"
+        direct = [DirectMember(m, batch, args.batch_wait_s) for m in members]
+
+        async def members_directly(q: str, direct: list[DirectMember] = direct) -> Any:
+            return await asyncio.gather(*(d.generate(q) for d in direct))
+
+        async def council(q: str, client: Any = client) -> Any:
+            return await client.aask(q, **opts)
+
+        for c in args.clients:
+            out[(f"council ({tag})", c)] = await throughput(council, prompts, c, args.load)
+            out[(f"members directly ({tag})", c)] = await throughput(members_directly, prompts, c, args.load)
+            print(f"  {tag}, {c} clients: council {out[(f'council ({tag})', c)]:.1f} q/s, directly "
+                  f"{out[(f'members directly ({tag})', c)]:.1f} q/s", flush=True)  # fmt: skip
+    return out
+
+
+def report(
+    args: argparse.Namespace, lat: dict[str, list[float]], thr: dict[tuple[str, int], float],
+    stages: list[dict[str, float]],
+) -> None:  # fmt: skip
+    """Print the tables (Markdown, for the README) and the targets with PASS/MISS."""
+    print(f"k={args.k} tiny GPT-2 members, {args.new_tokens} new tokens each, retrieval off, one run, "
+          f"{os.cpu_count()} CPUs\n")  # fmt: skip
+    print(f"| sequential latency ({args.requests} requests) | p50 ms | p95 ms |\n|---|---:|---:|")
+    for name, xs in lat.items():
+        print(f"| {name} | {statistics.median(xs):.1f} | {pct(xs, 95):.1f} |")
+    names = [n for n in stages[0] if n != "total"] if stages else []
+    where = ", ".join(f"{n} {statistics.median(t[n] for t in stages):.1f}" for n in names)
+    print(f"\ncouncil by handle, p50 ms per pipeline stage (inside the ingress): {where}")
+    print(f"\n| throughput, questions/s (batch {args.batch_size}) | " + " | ".join(
+        f"{c} clients" for c in args.clients) + " |\n|---|" + "---:|" * len(args.clients))  # fmt: skip
+    for row in dict.fromkeys(name for name, _ in thr):
+        print(f"| {row} | " + " | ".join(f"{thr[(row, c)]:.1f}" for c in args.clients) + " |")
+    med = {name: statistics.median(xs) for name, xs in lat.items()}
+    slowest = max(v for n, v in med.items() if n.startswith("member "))
+    embeds = med["embed question (1 text)"] + med[f"embed answers ({args.k} texts)"]
+    top = max(args.clients)
+    print("\n| target | measured | goal | |\n|---|---:|---:|---|")
+    for transport in ("HTTP", "handle"):
+        added = med[f"council, {transport}"] - slowest
+        limit = 1.5 * med[f"no-op floor, {transport}"] + embeds
+        print(f"| added latency by {transport} (council p50 − slowest member p50), ms | {added:.1f} | "
+              f"≤ {limit:.1f} (1.5 × floor + embeddings) | {verdict(added <= limit)} |")  # fmt: skip
+    gain = thr[("council (batched)", top)] / thr[("council (unbatched)", top)]
+    print(f"| batching gain at {top} clients (council batched / unbatched) | {gain:.2f}× | ≥ 3× | "
+          f"{verdict(gain >= 3)} |")  # fmt: skip
+    for c in args.clients:
+        r = thr[("council (batched)", c)] / thr[("members directly (batched)", c)]
+        print(f"| council / members directly, batched, {c} clients | {r:.2f}× | ≥ 0.9× | {verdict(r >= 0.9)} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
