@@ -12,7 +12,7 @@ from tests.serve.conftest import App
 from tests.serve.reliability import harness
 from tests.serve.reliability.conftest import write_figures
 
-pytestmark = [pytest.mark.load, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.load, pytest.mark.timeout(600)]
 
 MEMBER_TIMEOUT_S = harness.MEMBER_TIMEOUT_S
 # Client-side limit: a request without an answer by then counts as hung. Generous: two cores are shared.
