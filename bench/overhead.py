@@ -2,12 +2,14 @@
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,15 @@ def council_config(models: Sequence[Path], args: argparse.Namespace, batch: int,
     }
 
 
-def build_models(folder: Path, k: int) -> list[Path]:
+def build_models(folder: Path, k: int, config: Path | None) -> list[Path]:
+    """The first k members' checkpoints of a council config, else k tiny random GPT-2s (tests/tiny.py)."""
+    if config is not None:
+        from council.config import CouncilConfig
+
+        specs = CouncilConfig.from_yaml(config).specialists
+        if len(specs) < k:
+            raise SystemExit(f"{config} has {len(specs)} specialists; --k {k} needs that many")
+        return [Path(s.model) for s in specs[:k]]
     from tests.tiny import build_tiny_gpt2
 
     return [build_tiny_gpt2(folder / f"m{i}", seed=i) for i in range(k)]
@@ -160,6 +170,9 @@ async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Sequence[str
     return total / (time.perf_counter() - t0)
 
 
+STAGES = ("route", "retrieve", "trim", "members", "aggregate", "total")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -178,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="@serve.batch max_batch_size when batching")
     p.add_argument("--batch-wait-s", type=float, default=0.01, help="@serve.batch batch_wait_timeout_s")
     p.add_argument("--port", type=int, default=8077, help="loopback HTTP port for this run's Serve")
+    p.add_argument("--config", type=Path, help="take the members' checkpoints from this council YAML")
     p.add_argument("--quick", action="store_true", help="small samples: about two minutes")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines show as they happen
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     allow_batch_outside_serve()
     work = Path(tempfile.mkdtemp(prefix="council-bench-"))
-    models = build_models(work / "models", args.k)
+    models = build_models(work / "models", args.k, args.config)
     prompts = questions(args.requests)
     import logging
 
@@ -243,6 +257,10 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     members = [TransformersSpecialist(s) for s in specs]
     for m in members:
         lat[f"member {m.name}, direct"] = sample(lambda q, m=m: m.generate_batch([(q, ())]), prompts, args.warmup)
+    with ThreadPoolExecutor(len(members)) as pool:
+        lat[f"all {len(members)} members in parallel, direct"] = sample(
+            lambda q: list(pool.map(lambda m: m.generate_batch([(q, ())]), members)), prompts, args.warmup
+        )
     embedder = get_embedder(None)
     answers = [g.text for g in members[0].generate_batch([(prompts[0], ())] * args.k)]
     lat["embed question (1 text)"] = sample(lambda q: embedder.embed([q]), prompts, args.warmup)
@@ -250,16 +268,22 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     print(f"latency rows done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     unbatched = Client.connect("council_unbatched")
-    thr = asyncio.run(load_cells(args, prompts, {args.batch_size: handle_client, 1: unbatched}, members, opts))
+    loaded: list[dict[str, float]] = []
+    clients = {args.batch_size: handle_client, 1: unbatched}
+    thr = asyncio.run(load_cells(args, prompts, clients, members, opts, loaded))
     print(f"finished in {time.perf_counter() - t0:.0f} s\n", flush=True)
-    report(args, lat, thr, stages[args.warmup :])
+    report(args, lat, thr, {"sequential": stages[args.warmup :], f"batched, {max(args.clients)} clients": loaded})
     return 0
 
 
 async def load_cells(
-    args: argparse.Namespace, prompts: list[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any]
-) -> dict[tuple[str, int], float]:
-    """Throughput of the council (by handle) and of its members called directly, per batch size and client count."""
+    args: argparse.Namespace, prompts: list[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any],
+    loaded: list[dict[str, float]],
+) -> dict[tuple[str, int], float]:  # fmt: skip
+    """Throughput of the council (by handle) and of its members called directly, per batch size and client count.
+
+    `loaded` collects the council's stage timings under the heaviest batched load.
+    """
     out = {}
     for batch, client in clients.items():
         tag = "batched" if batch > 1 else "unbatched"
@@ -268,11 +292,16 @@ async def load_cells(
         async def members_directly(q: str, direct: list[DirectMember] = direct) -> Any:
             return await asyncio.gather(*(d.generate(q) for d in direct))
 
-        async def council(q: str, client: Any = client) -> Any:
-            return await client.aask(q, **opts)
+        async def council(q: str, client: Any = client, record: list[dict[str, float]] | None = None) -> Any:
+            answer = await client.aask(q, **opts)
+            if record is not None:
+                record.append(dict(answer.timings))
+            return answer
 
         for c in args.clients:
-            out[(f"council ({tag})", c)] = await throughput(council, prompts, c, args.load)
+            record = loaded if batch > 1 and c == max(args.clients) else None
+            ask = functools.partial(council, record=record)
+            out[(f"council ({tag})", c)] = await throughput(ask, prompts, c, args.load)
             out[(f"members directly ({tag})", c)] = await throughput(members_directly, prompts, c, args.load)
             print(f"  {tag}, {c} clients: council {out[(f'council ({tag})', c)]:.1f} q/s, directly "
                   f"{out[(f'members directly ({tag})', c)]:.1f} q/s", flush=True)  # fmt: skip
@@ -281,23 +310,27 @@ async def load_cells(
 
 def report(
     args: argparse.Namespace, lat: dict[str, list[float]], thr: dict[tuple[str, int], float],
-    stages: list[dict[str, float]],
+    stages: dict[str, list[dict[str, float]]],
 ) -> None:  # fmt: skip
     """Print the tables (Markdown, for the README) and the targets with PASS/MISS."""
-    print(f"k={args.k} tiny GPT-2 members, {args.new_tokens} new tokens each, retrieval off, one run, "
+    what = f"members from {args.config}" if args.config else "tiny random GPT-2 members"
+    print(f"k={args.k} {what}, {args.new_tokens} new tokens each, retrieval off, one run, "
           f"{os.cpu_count()} CPUs\n")  # fmt: skip
     print(f"| sequential latency ({args.requests} requests) | p50 ms | p95 ms |\n|---|---:|---:|")
     for name, xs in lat.items():
         print(f"| {name} | {statistics.median(xs):.1f} | {pct(xs, 95):.1f} |")
-    names = [n for n in stages[0] if n != "total"] if stages else []
-    where = ", ".join(f"{n} {statistics.median(t[n] for t in stages):.1f}" for n in names)
-    print(f"\ncouncil by handle, p50 ms per pipeline stage (inside the ingress): {where}")
+    print("\n| council by handle: p50 ms per pipeline stage (inside the ingress) | "
+          + " | ".join(STAGES) + " |\n|---|" + "---:|" * len(STAGES))  # fmt: skip
+    for label, rows in stages.items():
+        cells = [f"{statistics.median(r.get(n, 0.0) for r in rows):.1f}" if rows else "-" for n in STAGES]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\n| throughput, questions/s (batch {args.batch_size}) | " + " | ".join(
         f"{c} clients" for c in args.clients) + " |\n|---|" + "---:|" * len(args.clients))  # fmt: skip
     for row in dict.fromkeys(name for name, _ in thr):
         print(f"| {row} | " + " | ".join(f"{thr[(row, c)]:.1f}" for c in args.clients) + " |")
     med = {name: statistics.median(xs) for name, xs in lat.items()}
     slowest = max(v for n, v in med.items() if n.startswith("member "))
+    parallel = med[f"all {args.k} members in parallel, direct"]
     embeds = med["embed question (1 text)"] + med[f"embed answers ({args.k} texts)"]
     top = max(args.clients)
     print("\n| target | measured | goal | |\n|---|---:|---:|---|")
@@ -306,9 +339,13 @@ def report(
         limit = 1.5 * med[f"no-op floor, {transport}"] + embeds
         print(f"| added latency by {transport} (council p50 − slowest member p50), ms | {added:.1f} | "
               f"≤ {limit:.1f} (1.5 × floor + embeddings) | {verdict(added <= limit)} |")  # fmt: skip
+        extra = med[f"council, {transport}"] - parallel
+        print(f"| (for reference) council p50 − all members in parallel p50, {transport}, ms | {extra:.1f} | | |")
     gain = thr[("council (batched)", top)] / thr[("council (unbatched)", top)]
     print(f"| batching gain at {top} clients (council batched / unbatched) | {gain:.2f}× | ≥ 3× | "
           f"{verdict(gain >= 3)} |")  # fmt: skip
+    direct_gain = thr[("members directly (batched)", top)] / thr[("members directly (unbatched)", top)]
+    print(f"| (for reference) batching gain of the members directly at {top} clients | {direct_gain:.2f}× | | |")
     for c in args.clients:
         r = thr[("council (batched)", c)] / thr[("members directly (batched)", c)]
         print(f"| council / members directly, batched, {c} clients | {r:.2f}× | ≥ 0.9× | {verdict(r >= 0.9)} |")
