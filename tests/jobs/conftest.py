@@ -108,6 +108,7 @@ class RayHead:
         # our own temp dir, but a plain ray.init() elsewhere must never find a dead cluster).
         (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)  # a failure has already quoted its tail
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:

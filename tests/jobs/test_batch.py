@@ -96,7 +96,7 @@ def test_batch_answers_every_id_exactly_once(ray_head: RayHead, council_yaml: Pa
 
 
 def test_stopped_job_resumes_without_loss_or_duplicates(ray_head: RayHead, council_yaml: Path, tmp_path: Path) -> None:
-    n = 60
+    n = 40
     ids = write_questions(tmp_path / "q.parquet", n)
     out = tmp_path / "answers"
     cmd = batch_cmd(tmp_path / "q.parquet", out, council_yaml, "--batch-size", "2")
