@@ -62,7 +62,8 @@ class Plan:
     # Measured on the shared 2-core box: ~2-5 s a step at batch 16, so every step is precious.
     general: Phase = Phase(steps=2000)
     warm_fraction: float = 0.3  # first share of the general phase reads at most 2 passages (short, cheap)
-    branch: Phase = Phase(steps=50, lr=1e-3, warmup=5, mixture=Mixture(read=0.45, recall=0.35))
+    # The committed demo: general stopped at its step-1500 checkpoint, then 60 branch steps (TRAINING.md).
+    branch: Phase = Phase(steps=60, lr=1e-3, warmup=5, mixture=Mixture(read=0.45, recall=0.35))
     specialists_per_domain: int = 2
     fact_fraction: float = 0.9  # share of its domain's trained entities each specialist learns
     # The general phase already recalls every trained fact: memorising is the slow part, and branches are short.
