@@ -315,7 +315,7 @@ def report(
     """Print the tables (Markdown, for the README) and the targets with PASS/MISS."""
     what = f"members from {args.config}" if args.config else "tiny random GPT-2 members"
     print(f"k={args.k} {what}, {args.new_tokens} new tokens each, retrieval off, one run, "
-          f"{os.cpu_count()} CPUs\n")  # fmt: skip
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f} over the last 5 minutes\n")  # fmt: skip
     print(f"| sequential latency ({args.requests} requests) | p50 ms | p95 ms |\n|---|---:|---:|")
     for name, xs in lat.items():
         print(f"| {name} | {statistics.median(xs):.1f} | {pct(xs, 95):.1f} |")
