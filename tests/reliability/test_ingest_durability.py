@@ -99,6 +99,7 @@ def _snapshot(store: Path) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.load
 @pytest.mark.timeout(1200)
 def test_ingest_killed_half_way_then_rerun(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus")
