@@ -6,7 +6,9 @@ STAMP := $(VENV)/.council-installed
 # CPU machines take this torch (a CPU build); GPU users install a CUDA torch into .venv first and
 # the install step keeps it (see README, "GPU install").
 TORCH_SPEC ?= torch==2.13.0
-PYTEST_ARGS ?=
+# Ray tests on 2 shared cores can lose a race to start-up (ports, agents); one rerun of a failed test tells a
+# flake from a bug, and `--reruns` is reported in the summary, so a rerun is never silent.
+PYTEST_ARGS ?= -rfE --reruns 1 --reruns-delay 5
 
 .PHONY: demo test install lint bench clean
 
