@@ -103,7 +103,18 @@ def serve_url() -> Iterator[str]:
 
     # Replicas inherit this process's environment: a key set in the shell would turn auth on everywhere.
     os.environ.pop("COUNCIL_API_KEY", None)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    for attempt in (1, 2):
+        # On a saturated 2-core box a fresh node can miss Ray's start-up deadline once; try a second time.
+        try:
+            ray.init(
+                address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
