@@ -156,6 +156,8 @@ def start_serve(
     from council.serving.app import build_app
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the CLI prints what matters itself
+    # A busy small machine can take longer than Ray's default 60 s to register the local node.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     if not ray.is_initialized():
         # "local" never joins a stale cluster left in ray_current_cluster; RAY_ADDRESS opts in to joining.
         ray.init(
