@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig
+from council.errors import ConfigError
 from council.prompts import UNKNOWN
 from council.types import AskRequest, CouncilAnswer
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 DEMO_DIR = Path(__file__).resolve().parent
 DEMO_CONFIG = DEMO_DIR / "council.yaml"
-WORK_DIR = Path(".council")
 KINDS = ("trained", "fresh", "unanswerable")
 KIND_NOTES = {
     "trained": "facts the specialists learned in training",
@@ -41,69 +41,21 @@ class DemoSetup:
     note: str
 
 
-def demo_setup(config_path: Path | None, console: Console) -> DemoSetup:
-    """clusters/local.yaml's council (the packaged demo one), a given config, or tiny random models until then."""
+def demo_setup(config_path: Path | None) -> DemoSetup:
+    """What clusters/local.yaml deploys (the packaged demo council), or the council/Serve config given."""
     from council.cli import default_serve_config, serve_target
 
     path = config_path or default_serve_config()
-    args, settings = serve_target(path) if path.exists() else ({}, {})
+    args, settings = serve_target(path)
     if "config_dict" in args:
         return DemoSetup(CouncilConfig.from_dict(args["config_dict"]), args, settings, "council from config_dict")
-    if args.get("config") and Path(args["config"]).exists():
-        cfg = CouncilConfig.from_yaml(args["config"])
-        return DemoSetup(cfg, args, settings, f"council from {args['config']} (deployed as in {path})")
-    data = tiny_council(WORK_DIR / "demo-models", console)
-    note = "no trained demo council found: tiny RANDOM models stand in (answers are noise)"
-    return DemoSetup(CouncilConfig.from_dict(data), {"config_dict": data}, settings, note)
-
-
-def tiny_council(folder: Path, console: Console) -> dict[str, Any]:
-    """A config dict for three tiny random GPT-2 specialists (one per domain), built once into `folder`."""
-    from council.world.schema import DOMAINS
-
-    specs = []
-    for i, domain in enumerate(DOMAINS):
-        path = folder / f"tiny-{domain}"
-        if not (path / "config.json").exists():
-            with console.status(f"building a tiny random model for {domain} in {path}"):
-                _build_tiny(path, seed=i)
-        specs.append(
-            {
-                "name": f"{domain}-tiny",
-                "model": str(path.resolve()),
-                "domain": domain,
-                "description": f"questions about {domain}",
-                "generation": {"max_new_tokens": 6, "stop": []},
-            }
+    target = args.get("config")
+    if not target or not Path(target).is_file():
+        raise ConfigError(
+            f"{path} names the council config {target!r}, which does not exist; the demo council "
+            f"ships as {DEMO_CONFIG} (council/demo/TRAINING.md says how to re-create it)"
         )
-    return {
-        "specialists": specs,
-        "router": {"k": 3, "member_timeout_s": 60},
-        "retrieval": {"path": str((WORK_DIR / "chroma").resolve())},
-    }
-
-
-def _build_tiny(path: Path, *, seed: int) -> None:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from council.world.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=256,
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    GPT2LMHeadModel(config).eval().save_pretrained(path)
-    tok.save_pretrained(path)
+    return DemoSetup(CouncilConfig.from_yaml(target), args, settings, f"council from {target} (deployed as in {path})")
 
 
 def demo_world(seed: int = 0) -> World:
@@ -192,7 +144,7 @@ def run_demo(
     per_kind: int = 2,
 ) -> None:
     """The whole demo; without `once` it keeps serving until Ctrl-C after the questions."""
-    setup = demo_setup(config, console)
+    setup = demo_setup(config)
     console.print(f"[bold]council demo[/] — {setup.note}", highlight=False)
     world = demo_world()
     questions = pick_questions(world, per_kind)

@@ -102,3 +102,11 @@ def test_expand_paths_and_missing_path_error(tmp_path: Path) -> None:
     assert [p.name for p in expand_paths([tmp_path])] == ["a.md", "b.txt"]
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no such file or folder" in result.output
+
+
+def test_demo_without_its_council_config_is_a_clear_error(tmp_path: Path) -> None:
+    serve_yaml = tmp_path / "local.yaml"
+    serve_yaml.write_text("applications:\n  - name: council\n    args: {config: /nowhere/council.yaml}\n")
+    result = CliRunner().invoke(app, ["demo", "--once", "--config", str(serve_yaml)])
+    assert result.exit_code == 1
+    assert "/nowhere/council.yaml" in result.output and "does not exist" in result.output
