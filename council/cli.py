@@ -165,6 +165,7 @@ def start_serve(
             log_to_driver=False,
             include_dashboard=False,
             namespace="serve",
+            logging_level=logging.WARNING,
         )
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
