@@ -3,12 +3,13 @@
 import argparse
 import asyncio
 import functools
+import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,11 @@ def build_models(folder: Path, k: int, config: Path | None) -> list[Path]:
 
 
 def questions(n: int) -> list[str]:
+    """n questions of the demo world, distinct while n <= 1,024 (the council caches recent embeddings:
+    repeated questions would flatter it)."""
     from council.world.generator import build_world
 
-    qs = [q.question for q in build_world(0).questions("trained", held_out=False)]
+    qs = [q.question for q in build_world(0).questions("trained", held_out=None)]
     return [qs[(i * 7) % len(qs)] for i in range(n)]
 
 
@@ -156,15 +159,18 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
-async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Sequence[str], clients: int, total: int) -> float:
-    """Questions per second with `clients` callers each asking its next question as soon as one returns."""
+async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str], clients: int, total: int) -> float:
+    """Questions per second with `clients` callers each asking its next question as soon as one returns.
+
+    `prompts` is shared by every cell of the run, so no question is asked twice while it lasts.
+    """
     todo = iter(range(total))
 
     async def caller() -> None:
-        for i in todo:
-            await ask(prompts[i % len(prompts)])
+        for _ in todo:
+            await ask(next(prompts))
 
-    await asyncio.gather(*(ask(prompts[i % len(prompts)]) for i in range(min(clients, 8))))  # warm the batch paths
+    await asyncio.gather(*(ask(next(prompts)) for _ in range(min(clients, 8))))  # warm the batch paths
     t0 = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(clients))), timeout=600)
     return total / (time.perf_counter() - t0)
@@ -232,6 +238,7 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     from council.backends.transformers import TransformersSpecialist
     from council.client import Client
     from council.config import SpecialistConfig
+    from council.serving.app import AGGREGATOR
 
     url = f"http://127.0.0.1:{args.port}"
     t0 = time.perf_counter()
@@ -270,14 +277,22 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     unbatched = Client.connect("council_unbatched")
     loaded: list[dict[str, float]] = []
     clients = {args.batch_size: handle_client, 1: unbatched}
-    thr = asyncio.run(load_cells(args, prompts, clients, members, opts, loaded))
+    fresh = itertools.cycle(questions(1024)[args.requests :])  # not the latency rows' questions
+    thr = asyncio.run(load_cells(args, fresh, clients, members, opts, loaded))
+    embedding = {
+        name: serve.get_deployment_handle(AGGREGATOR, app_name=name).stats.remote().result(timeout_s=30)
+        for name in ("council", "council_unbatched")
+    }
     print(f"finished in {time.perf_counter() - t0:.0f} s\n", flush=True)
     report(args, lat, thr, {"sequential": stages[args.warmup :], f"batched, {max(args.clients)} clients": loaded})
+    print("\nAnswer embeddings in the aggregator (whole run): " + "; ".join(
+        f"{app}: {s['texts']} texts, {s['cache_hits']} from cache, {s['passes']} MiniLM passes, "
+        f"largest {s['largest_pass']}" for app, s in embedding.items()))  # fmt: skip
     return 0
 
 
 async def load_cells(
-    args: argparse.Namespace, prompts: list[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any],
+    args: argparse.Namespace, prompts: Iterator[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any],
     loaded: list[dict[str, float]],
 ) -> dict[tuple[str, int], float]:  # fmt: skip
     """Throughput of the council (by handle) and of its members called directly, per batch size and client count.

@@ -9,6 +9,7 @@ import numpy as np
 
 from council import agreement, budget
 from council.agreement import Verdict
+from council.batching import embed_async
 from council.config import AggregatorConfig
 from council.errors import InvalidRequest, UnknownSpecialist
 from council.protocols import Embedder, TokenCounter
@@ -67,11 +68,11 @@ class LocalAggregator:
             ]
         return out
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        # One call for all texts: the embedder batches, and the agreement needs them side by side.
+    async def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        # One call for all texts, off the event loop (a BatchedEmbedder also shares it with other requests).
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return np.asarray(self.embedder.embed(list(texts)))
+        return await embed_async(self.embedder, texts)
 
     async def aggregate(self, members: Sequence[MemberAnswer]) -> Verdict:
         """The council's verdict over the members that answered, weighted by `route_weight(route_score)`.
@@ -84,16 +85,11 @@ class LocalAggregator:
         return agreement.decide(
             answers,
             [agreement.route_weight(m.route_score) for m in ok],
-            self._embed(answers),
+            await self._embed(answers),
             similarity_threshold=self.config.similarity_threshold,
             agreement_threshold=self.config.agreement_threshold,
         )
 
     async def vote(self, answers: Sequence[str]) -> tuple[int, float]:
         """One member's answers across orderings -> (index of the winning answer, consistency)."""
-        return agreement.vote(answers, self._embed(answers), self.config.similarity_threshold)
-
-    def vote_orderings(self, answers: Sequence[str]) -> tuple[str, float]:
-        """One member's answers over several orderings -> (its voted answer, consistency in (0, 1])."""
-        index, consistency = agreement.vote(answers, self._embed(answers), self.config.similarity_threshold)
-        return answers[index], consistency
+        return agreement.vote(answers, await self._embed(answers), self.config.similarity_threshold)

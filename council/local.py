@@ -21,10 +21,11 @@ def build_local_council(
 ) -> Council:
     """A Council whose members run in this process. Pass `retriever`/`specialists` to reuse loaded ones."""
     from council.aggregator import LocalAggregator
-    from council.backends.embeddings import get_embedder
+    from council.backends.embeddings import get_batched_embedder
     from council.backends.transformers import TransformersSpecialist
 
-    embedder = get_embedder(config.retrieval.embedder)
+    # Concurrent questions (batch jobs, eval) share MiniLM passes and the cache of recent answers.
+    embedder = get_batched_embedder(config.retrieval.embedder)
     members = dict(specialists or {})
     for spec in config.specialists:
         if spec.name not in members:
@@ -33,7 +34,7 @@ def build_local_council(
     if retriever is None and with_retrieval:
         from council.backends.chroma import ChromaRetriever
 
-        retriever = ChromaRetriever(config.retrieval, embedder)
+        retriever = ChromaRetriever(config.retrieval, embedder.base)
     # Each specialist counts its own tokens: it is its own TokenCounter.
     counters = {name: m for name, m in members.items()}
     aggregator = LocalAggregator(embedder, counters, config.aggregator)  # type: ignore[arg-type]

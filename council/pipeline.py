@@ -14,6 +14,7 @@ import numpy as np
 
 from council import routing
 from council.agreement import route_weight
+from council.batching import embed_async
 from council.config import NAME_RE, CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
 from council.protocols import Aggregator, Embedder, Retriever, Specialist
@@ -111,7 +112,7 @@ class Council:
         t0 = time.perf_counter()
         with watch.stage("route"):
             # The question is embedded once and shared by routing and retrieval.
-            q_vec = await asyncio.to_thread(self.embedder.embed, [req.question])
+            q_vec = await embed_async(self.embedder, [req.question])
             scores = routing.cosine_scores(q_vec[0], self.profiles)
             decision = routing.choose(
                 scores,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from council.batching import BatchedEmbedder
 from council.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -127,3 +128,15 @@ def get_embedder(path: str | None = None) -> MiniLMEmbedder:
         if key not in _cache:
             _cache[key] = MiniLMEmbedder(path)
         return _cache[key]
+
+
+_batched: dict[str, BatchedEmbedder] = {}
+
+
+def get_batched_embedder(path: str | None = None) -> BatchedEmbedder:
+    """The process-wide batching wrapper around `get_embedder(path)`: one queue and one cache per process."""
+    embedder = get_embedder(path)
+    with _cache_lock:
+        if (path or "") not in _batched:
+            _batched[path or ""] = BatchedEmbedder(embedder)
+        return _batched[path or ""]

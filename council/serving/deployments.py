@@ -193,12 +193,14 @@ class AggregatorServer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         from council.aggregator import LocalAggregator
-        from council.backends.embeddings import get_embedder
+        from council.backends.embeddings import get_batched_embedder
         from council.backends.transformers import load_tokenizer_counter
 
         cfg = CouncilConfig.model_validate(config)
         counters = {s.name: load_tokenizer_counter(s) for s in cfg.specialists}
-        self.aggregator = LocalAggregator(get_embedder(cfg.retrieval.embedder), counters, cfg.aggregator)
+        # Batched: under load the answers of many questions share one MiniLM pass, off the event loop.
+        self.embedder = get_batched_embedder(cfg.retrieval.embedder)
+        self.aggregator = LocalAggregator(self.embedder, counters, cfg.aggregator)
 
     async def trim(
         self,
@@ -223,6 +225,10 @@ class AggregatorServer:
         """One member's answers across orderings -> (winner index, consistency)."""
         return await self.aggregator.vote(answers)
 
+    def stats(self) -> dict[str, int]:
+        """Embedding counters of this replica: texts asked, cache hits, passes run, the largest pass."""
+        return dict(self.embedder.stats)
+
 
 class RouterIngress:
     """The ingress: routes, retrieves, trims, fans out to the specialists and aggregates, via `Council`.
@@ -237,15 +243,17 @@ class RouterIngress:
         retriever: DeploymentHandle,
         aggregator: DeploymentHandle,
     ) -> None:
-        from council.backends.embeddings import get_embedder
+        from council.backends.embeddings import get_batched_embedder
 
         self.config = CouncilConfig.model_validate(config)
         self.specialist_handles = dict(specialists)
         self.retriever_handle = retriever
         self.retriever = HandleRetriever(retriever)
+        # Batched: concurrent questions share one MiniLM pass (routing and retrieval share each vector).
+        self.embedder = get_batched_embedder(self.config.retrieval.embedder)
         self.council = Council(
             self.config,
-            embedder=get_embedder(self.config.retrieval.embedder),
+            embedder=self.embedder,
             specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
             aggregator=HandleAggregator(aggregator),
             retriever=self.retriever,
