@@ -28,15 +28,23 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 
 @dataclass(frozen=True)
 class ModelShape:
-    """GPT-2 size. Two layers are the least that can copy from context (match, then copy)."""
+    """Model size. Two layers are the least that can copy from context (match, then copy)."""
 
     n_layer: int = 2
-    n_embd: int = 64
+    # 2x64 never learnt to read (TRAINING.md); 2x128 reads one passage at 83% after 400 steps of READ_ONE.
+    n_embd: int = 128
     n_head: int = 4
     n_positions: int = 256  # 4 passages plus the question fit in about 180 word tokens
     # GPT-2 2x64 had not learnt to read after 1,050 steps (fresh facts 0-3%): its learnt absolute positions make
     # "look at the words just before" slow to find. Llama's rotary positions make it a relative pattern.
     arch: str = "llama"
+
+
+# Reading is learnt first, alone: one passage, every question answerable from it. Mixed with memorising and
+# "unknown" from the start, the copy never appeared in 1,500 steps (TRAINING.md); alone it appears in ~200.
+READ_ONE = Mixture(read=1.0, absent=0.0, mismatch=0.0, recall=0.0, min_passages=1, max_passages=1)
+# Then the skills every specialist shares: read among distractors, say "unknown" when nothing answers.
+SKILLS = Mixture(read=0.65, absent=0.2, mismatch=0.15, recall=0.0, min_passages=0, max_passages=4)
 
 
 @dataclass(frozen=True)
@@ -54,24 +62,30 @@ class Phase:
 
 @dataclass(frozen=True)
 class Plan:
-    """The whole council's recipe; the defaults are the committed demo's."""
+    """The whole council's recipe; the defaults are the committed demo's (TRAINING.md)."""
 
     world_seed: int = 0
     seed: int = 0
     shape: ModelShape = ModelShape()
-    # Measured on the shared 2-core box: ~2-5 s a step at batch 16, so every step is precious.
-    general: Phase = Phase(steps=2000)
-    warm_fraction: float = 0.3  # first share of the general phase reads at most 2 passages (short, cheap)
-    # The committed demo: general stopped at its step-1500 checkpoint, then 60 branch steps (TRAINING.md).
-    branch: Phase = Phase(steps=60, lr=1e-3, warmup=5, mixture=Mixture(read=0.45, recall=0.35))
+    # The shared general phase teaches skills, not facts: reading (one passage first) and abstaining.
+    reading_warmup: Phase = Phase(steps=400, batch=32, lr=1e-3, mixture=READ_ONE)
+    general: Phase = Phase(steps=1200, batch=32, lr=1e-3, warmup=20, mixture=SKILLS)
+    # Each branch memorises its own share of its domain's facts and keeps reading and abstaining.
+    branch: Phase = Phase(
+        steps=400, batch=32, lr=1e-3, warmup=20, mixture=Mixture(read=0.35, absent=0.2, mismatch=0.05, recall=0.4)
+    )
     specialists_per_domain: int = 2
     fact_fraction: float = 0.9  # share of its domain's trained entities each specialist learns
-    # The general phase already recalls every trained fact: memorising is the slow part, and branches are short.
-    general_recall_fraction: float = 1.0
-    generalist_shape: ModelShape = ModelShape(n_layer=3, n_embd=192, n_head=4)  # ~ the 6 specialists' params
+    # Facts the general phase memorises (0: none; every fact a specialist knows comes from its branch).
+    general_recall_fraction: float = 0.0
+    generalist_shape: ModelShape = ModelShape(n_layer=4, n_embd=256, n_head=8)  # ~ the 6 specialists' params
     probe_every: int = 100  # general phase: log accuracies and save a resumable checkpoint this often
     threads: int = 1
     probe: bool = True  # measure every member's accuracies after training (tests turn it off)
+
+    @property
+    def general_steps(self) -> int:
+        return self.reading_warmup.steps + self.general.steps
 
 
 def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> GPT2LMHeadModel:
@@ -284,8 +298,19 @@ def count_params(model: GPT2LMHeadModel, *, embeddings: bool = True) -> int:
 
 def generalist_steps(plan: Plan, spec_flops: int, gen_flops: int) -> int:
     """Steps that give the generalist the council's training compute (6 * non-embedding params * tokens)."""
-    council = spec_flops * (plan.general.steps + plan.branch.steps * plan.specialists_per_domain * len(DOMAINS))
+    council = spec_flops * (plan.general_steps + plan.branch.steps * plan.specialists_per_domain * len(DOMAINS))
     return max(1, round(council / gen_flops))
+
+
+def generalist_phases(plan: Plan, steps: int) -> list[Phase]:
+    """The council's curriculum in one model, each phase scaled to the generalist's step budget: read one
+    passage, the shared skills, then every domain's facts with the branches' mixture."""
+    share = steps / max(1, plan.general_steps + plan.branch.steps * plan.specialists_per_domain * len(DOMAINS))
+    warm = max(1, round(share * plan.reading_warmup.steps))
+    skills = max(1, round(share * plan.general.steps))
+    facts = max(1, steps - warm - skills)
+    return [replace(plan.reading_warmup, steps=warm), replace(plan.general, steps=skills),
+            replace(plan.branch, steps=facts)]  # fmt: skip
 
 
 def entities_named(world: World, names: Sequence[str]) -> list[Entity]:
@@ -320,7 +345,7 @@ def member_report(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, world: W
 def train_general(
     plan: Plan, world: World, tok: PreTrainedTokenizerFast, save_to: Path | None = None
 ) -> GPT2LMHeadModel:
-    """The shared phase: reading exercises in every domain plus closed-book recall of a slice of facts.
+    """The shared phase: reading one passage, then reading among distractors and abstaining, every domain.
 
     With `save_to`, the model is saved there at every probe, so a long run can be cut short and resumed
     from its latest state with `--general-from`.
@@ -329,12 +354,12 @@ def train_general(
     rng = random.Random(plan.seed)
     known = rng.sample(trained, round(plan.general_recall_fraction * len(trained)))
     model = new_model(plan.shape, tok, plan.seed)
-    warm_steps = round(plan.warm_fraction * plan.general.steps)
-    warm = replace(plan.general, steps=warm_steps, mixture=replace(plan.general.mixture, max_passages=2))
-    rest = replace(plan.general, steps=plan.general.steps - warm_steps, warmup=1)
+    from council.prompts import UNKNOWN
+
     probes = {
+        "fresh_1_passage": probe_pairs(world, "fresh", passages=1, limit=60),
         "fresh_3_passages": probe_pairs(world, "fresh", passages=3, limit=60),
-        "closed_book_trained": probe_pairs(world, "trained", passages=0, limit=60),
+        "fresh_no_passages_says_unknown": [(p, UNKNOWN) for p, _ in probe_pairs(world, "fresh", passages=0, limit=40)],
         "unanswerable_abstains": probe_pairs(world, "unanswerable", passages=3, limit=40),
     }
     done = 0
@@ -345,7 +370,7 @@ def train_general(
         if save_to is not None:
             save_checkpoint(model, tok, save_to, {"step": done + step, **accs})
 
-    for i, phase in enumerate((warm, rest)):
+    for i, phase in enumerate((plan.reading_warmup, plan.general)):
         if phase.steps:
             maker = ExerciseMaker(world, known, phase.mixture, seed=plan.seed + i)
             every = (plan.probe_every, report) if plan.probe else None
@@ -367,16 +392,18 @@ def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path)
     if member.domain is None:
         model = new_model(plan.generalist_shape, tok, member.seed)
         spec_flops = count_params(new_model(plan.shape, tok, 0), embeddings=False)
-        steps = generalist_steps(plan, spec_flops, count_params(model, embeddings=False))
-        phase = replace(plan.general, steps=steps, mixture=replace(plan.general.mixture, recall=0.3))
+        phases = generalist_phases(plan, generalist_steps(plan, spec_flops, count_params(model, embeddings=False)))
     else:
         model = new_model(plan.shape, tok, member.seed)
         model.load_state_dict(base_state or {})
-        mixture = replace(plan.branch.mixture, domains=(member.domain,))
-        phase = replace(plan.branch, mixture=mixture)
-    losses = train_phase(model, tok, ExerciseMaker(world, known, phase.mixture, seed=member.seed), phase, member.name)
+        phases = [replace(plan.branch, mixture=replace(plan.branch.mixture, domains=(member.domain,)))]
+    losses: list[float] = []
+    for i, phase in enumerate(phases):
+        maker = ExerciseMaker(world, known if phase.mixture.recall else [], phase.mixture, seed=member.seed + i)
+        losses += train_phase(model, tok, maker, phase, member.name)
     report = {
-        "name": member.name, "domain": member.domain, "steps": phase.steps, "params": count_params(model),
+        "name": member.name, "domain": member.domain, "steps": sum(p.steps for p in phases),
+        "params": count_params(model),
         "known_entities": len(known), "train_seconds": round(time.time() - started, 1),
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
         **(member_report(model, tok, world, member) if plan.probe else {}),
@@ -388,9 +415,12 @@ def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path)
 
 def specialize(
     plan: Plan, out: Path = DEMO_DIR, *, use_ray: bool = False, only: Sequence[str] = (),
-    general_from: Path | None = None,
+    general_from: Path | None = None, general_only: bool = False,
 ) -> dict:
-    """Train the general phase (or load it), every branch and the generalist; write models and council.yaml."""
+    """Train the general phase (or load it), every branch and the generalist; write models and council.yaml.
+
+    `general_only` stops after the general phase (saved in out/runs/general), for `--general-from` later.
+    """
     import torch
 
     from council.world.tokenizer import build_tokenizer
@@ -400,20 +430,24 @@ def specialize(
     world, tok = build_world(plan.world_seed), build_tokenizer()
     todo = [m for m in members(plan, world) if not only or m.name in only]
     base_state = None
-    if any(m.domain for m in todo):
+    if general_only or any(m.domain for m in todo):
         if general_from is not None:
             base, _ = load_checkpoint(general_from)
             # The generalist's compute budget follows the general steps really taken.
-            done = json.loads((Path(general_from) / "training.json").read_text()).get("step", plan.general.steps)
-            plan = replace(plan, general=replace(plan.general, steps=int(done)))
+            done = json.loads((Path(general_from) / "training.json").read_text()).get("step", plan.general_steps)
+            skills = max(0, int(done) - plan.reading_warmup.steps)
+            plan = replace(plan, general=replace(plan.general, steps=skills))
             log.info("general phase loaded from %s (step %d)", general_from, done)
         else:
             base = train_general(plan, world, tok, out / "runs" / "general")
         base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}
         general = Member("general", None, (), plan.seed)
-        save_checkpoint(base, tok, out / "runs" / "general", {"plan": asdict(plan), "from": str(general_from)})
+        meta = {"plan": asdict(plan), "from": str(general_from), "step": plan.general_steps}
+        save_checkpoint(base, tok, out / "runs" / "general", meta)
         if plan.probe:
             log.info("general phase: %s", member_report(base, tok, world, general))
+    if general_only:
+        return {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": []}
     reports = _run_members(plan, todo, base_state, out / "models", use_ray)
     write_council_yaml(out / "council.yaml", [m for m in members(plan, world) if m.domain])
     summary = {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": reports}
@@ -469,7 +503,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--world-seed", type=int, default=0, help="world whose trained facts are learnt")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--out", type=Path, default=DEMO_DIR, help="folder for models/, council.yaml, report")
-    p.add_argument("--general-steps", type=int, default=Plan.general.steps)
+    p.add_argument("--warmup-steps", type=int, default=Plan.reading_warmup.steps, help="one-passage reading")
+    p.add_argument("--general-steps", type=int, default=Plan.general.steps, help="shared skills phase")
     p.add_argument("--branch-steps", type=int, default=Plan.branch.steps)
     p.add_argument("--batch", type=int, default=Plan.general.batch)
     p.add_argument("--n-layer", type=int, default=ModelShape.n_layer)
@@ -477,6 +512,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--arch", choices=["llama", "gpt2"], default=ModelShape.arch)
     p.add_argument("--only", nargs="*", default=[], help="train only these members (names)")
     p.add_argument("--general-from", type=Path, default=None, help="skip the general phase: start from this one")
+    p.add_argument("--general-only", action="store_true", help="stop after the general phase (out/runs/general)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--ray", action="store_true", help="train the members as Ray tasks (num_cpus=threads)")
     return p.parse_args(argv)
@@ -489,6 +525,7 @@ def plan_from_args(a: argparse.Namespace) -> Plan:
     return replace(
         base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads,
         generalist_shape=replace(base.generalist_shape, arch=a.arch),
+        reading_warmup=replace(base.reading_warmup, steps=a.warmup_steps, batch=a.batch),
         general=replace(base.general, steps=a.general_steps, batch=a.batch),
         branch=replace(base.branch, steps=a.branch_steps, batch=a.batch),
     )
@@ -499,7 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     plan = plan_from_args(args)
-    summary = specialize(plan, args.out, use_ray=args.ray, only=args.only, general_from=args.general_from)
+    summary = specialize(
+        plan, args.out, use_ray=args.ray, only=args.only, general_from=args.general_from,
+        general_only=args.general_only,
+    )  # fmt: skip
     log.info("done in %.0f s; report in %s", summary["wall_seconds"], args.out / "training-report.json")
     return 0
 

@@ -20,7 +20,10 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("specialize")
-    plan = replace(Plan(), general=Phase(steps=4, batch=4), branch=Phase(steps=2, batch=4), probe=False)
+    plan = replace(
+        Plan(), reading_warmup=Phase(steps=2, batch=4), general=Phase(steps=4, batch=4), branch=Phase(steps=2, batch=4),
+        probe=False,
+    )
     specialize(plan, out, only=("legal-1", "generalist"))
     return out
 
