@@ -114,6 +114,20 @@ class RetrievalConfig(_Model):
     lexical_weight: float = Field(
         0.3, ge=0, le=1, description="Weight of lexical overlap fused with dense similarity (entity names)."
     )
+    min_score: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Chunks whose fused relevance is below this are dropped: a question nothing in the store "
+        "answers gets no passages (and a closed-book answer) instead of a near miss to copy from. 0: off.",
+    )
+    score_margin: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Keep only chunks within this much of the best one's score (a clear winner comes alone: "
+        "small readers answer one passage far better than one among look-alikes). None: off.",
+    )
     chunking: ChunkingOptions = Field(default_factory=ChunkingOptions, description="How documents are split.")
     embedder: str | None = Field(None, description="Sentence-transformers path; default: bundled MiniLM.")
     tenants: list[str] | None = Field(

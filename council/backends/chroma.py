@@ -273,7 +273,11 @@ class ChromaRetriever:
         query_embedding: Sequence[float] | None = None,
         documents: Sequence[Document] = (),
     ) -> list[Chunk]:
-        """Sync `retrieve`: dense candidates re-ranked by (1-w)*cosine + w*lexical overlap, `score` = fused."""
+        """Sync `retrieve`: dense candidates re-ranked by (1-w)*cosine + w*lexical overlap, `score` = fused.
+
+        Then the relevance filters of the config: chunks under `min_score` go, and with `score_margin` only
+        chunks within that margin of the best one stay. So fewer than `top_n` (even none) may come back.
+        """
         check_tenant(tenant)
         if top_n < 1:
             raise InvalidRequest(f"top_n must be >= 1, got {top_n}")
@@ -285,7 +289,14 @@ class ChromaRetriever:
         w = self.config.lexical_weight
         fused = [replace(c, score=(1 - w) * c.score + w * lexical_score(words, c.text)) for c in candidates]
         fused.sort(key=lambda c: (-c.score, c.id))
-        return fused[:top_n]
+        return self._relevant(fused[:top_n])
+
+    def _relevant(self, ranked: list[Chunk]) -> list[Chunk]:
+        kept = [c for c in ranked if c.score >= self.config.min_score]
+        margin = self.config.score_margin
+        if margin is not None and kept:
+            kept = [c for c in kept if c.score >= kept[0].score - margin]
+        return kept
 
     def _question_vector(self, question: str, query_embedding: Sequence[float] | None) -> np.ndarray:
         if query_embedding is None:

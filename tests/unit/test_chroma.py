@@ -260,3 +260,35 @@ def test_content_words_and_lexical_score() -> None:
     assert words == ["taught", "Quorvath", "art", "glass"]
     assert lexical_score(words, "quorvath makes GLASS") == 0.5
     assert lexical_score([], "anything") == 0.0
+
+
+def test_relevance_filters_drop_near_misses_and_keep_a_clear_winner(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    docs = [
+        ("pila", "The ceo of pila corp is jonas dubois. Pila corp works in the farming sector."),
+        ("tavo", "The ceo of tavo corp is mira santos. Tavo corp works in the mining sector."),
+        ("reno", "The ceo of reno corp is ada fischer. Reno corp works in the shipping sector."),
+    ]
+    plain = _retriever(tmp_path / "rel", embedder)
+    try:
+        plain.ingest_texts(docs, tenant="acme")
+        everything = plain.query("who is the ceo of pila corp ?", tenant="acme", top_n=3)
+        assert [c.source for c in everything][0] == "pila" and len(everything) == 3  # filters off: top_n back
+        best, runner_up = everything[0].score, everything[1].score
+        near_miss = plain.query("who is the ceo of zorbax corp ?", tenant="acme", top_n=3)[0].score
+        assert near_miss < best  # a made-up company only half matches any passage
+    finally:
+        plain.close()
+    strict = _retriever(tmp_path / "rel", embedder, min_score=(near_miss + best) / 2, score_margin=(best - runner_up) / 2)
+    try:
+        assert [c.source for c in strict.query("who is the ceo of pila corp ?", tenant="acme", top_n=3)] == ["pila"]
+        assert strict.query("who is the ceo of zorbax corp ?", tenant="acme", top_n=3) == []
+    finally:
+        strict.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [("min_score", -0.1), ("min_score", 1.5), ("score_margin", -1)])
+def test_relevance_filter_settings_are_checked(field: str, value: float) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        RetrievalConfig.model_validate({field: value})
