@@ -430,14 +430,15 @@ def specialize(
     world, tok = build_world(plan.world_seed), build_tokenizer()
     todo = [m for m in members(plan, world) if not only or m.name in only]
     base_state = None
+    if general_from is not None:
+        # The generalist's compute budget follows the general steps really taken (also when it trains alone).
+        done = json.loads((Path(general_from) / "training.json").read_text()).get("step", plan.general_steps)
+        skills = max(0, int(done) - plan.reading_warmup.steps)
+        plan = replace(plan, general=replace(plan.general, steps=skills))
     if general_only or any(m.domain for m in todo):
         if general_from is not None:
             base, _ = load_checkpoint(general_from)
-            # The generalist's compute budget follows the general steps really taken.
-            done = json.loads((Path(general_from) / "training.json").read_text()).get("step", plan.general_steps)
-            skills = max(0, int(done) - plan.reading_warmup.steps)
-            plan = replace(plan, general=replace(plan.general, steps=skills))
-            log.info("general phase loaded from %s (step %d)", general_from, done)
+            log.info("general phase loaded from %s (step %d)", general_from, plan.general_steps)
         else:
             base = train_general(plan, world, tok, out / "runs" / "general")
         base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}
