@@ -10,7 +10,8 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,24 +109,52 @@ def agreement_metrics(records: Sequence[Record]) -> dict[str, Any]:
     }
 
 
-def retrieval_recall(retriever: ChromaRetriever, questions: Sequence[Question]) -> dict[str, float]:
-    """Share of answerable questions whose gold passage is among the top 1, 3 and 5 retrieved chunks."""
+@contextmanager
+def unfiltered(retriever: ChromaRetriever) -> Iterator[None]:
+    """The store's ranking without the relevance filters (`min_score`, `score_margin`) for a while."""
+    saved = retriever.config
+    retriever.config = saved.model_copy(update={"min_score": 0.0, "score_margin": None})
+    try:
+        yield
+    finally:
+        retriever.config = saved
+
+
+def retrieval_recall(
+    retriever: ChromaRetriever, questions: Sequence[Question], unanswerable: Sequence[Question] = ()
+) -> dict[str, Any]:
+    """Share of answerable questions whose gold passage is among the top 1, 3 and 5 chunks of the ranking
+    (relevance filters off), and what the filters then hand the members: the gold passage alone, and
+    nothing at all for unanswerable questions."""
     hits = {1: 0, 3: 0, 5: 0}
     asked = [q for q in questions if q.doc_id and q.split != "unanswerable"]
-    for q in asked:
-        sources = [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=5)]
-        for k in hits:
-            hits[k] += q.doc_id in sources[:k]
-    return {f"recall_at_{k}": v / max(1, len(asked)) for k, v in hits.items()}
+    with unfiltered(retriever):
+        for q in asked:
+            sources = [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=5)]
+            for k in hits:
+                hits[k] += q.doc_id in sources[:k]
+    top_n = 5
+    gold_alone = sum(
+        [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=top_n)] == [q.doc_id] for q in asked
+    )
+    empty = sum(not retriever.query(q.question, tenant=TENANT, top_n=top_n) for q in unanswerable)
+    return {
+        **{f"recall_at_{k}": v / max(1, len(asked)) for k, v in hits.items()},
+        "filters": {"min_score": retriever.config.min_score, "score_margin": retriever.config.score_margin},
+        "answerable_get_gold_passage_alone": gold_alone / max(1, len(asked)),
+        "unanswerable_get_no_passage": empty / len(unanswerable) if unanswerable else None,
+    }
 
 
-async def order_sensitivity(council: Council, questions: Sequence[Question]) -> dict[str, Any]:
-    """How often a member's answer changes across the 4 orderings, and accuracy with 1 vs 4 orderings voted."""
+async def order_sensitivity(council: Council, questions: Sequence[Question], retriever: ChromaRetriever) -> dict:
+    """How often a member's answer changes across the 4 orderings, and accuracy with 1 vs 4 orderings voted,
+    with the retrieval's relevance filters off (one passage has one ordering)."""
     flips, pairs_differ, n_members = 0, 0.0, 0
     single, voted = [], []
     for q in questions:
-        one = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=1))
-        four = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=4))
+        with unfiltered(retriever):
+            one = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=1))
+            four = await council.ask(AskRequest(question=q.question, tenant=TENANT, orderings=4))
         single.append(to_record(q, one))
         voted.append(to_record(q, four))
         for m in four.members:
@@ -142,6 +171,7 @@ async def order_sensitivity(council: Council, questions: Sequence[Question]) -> 
         "pairwise_flip_rate_1_ordering": pairs_differ / max(1, n_members),
         "accuracy_1_ordering": accuracy(single),
         "accuracy_4_orderings_voted": accuracy(voted),
+        "relevance_filters": "off",
     }
 
 
@@ -247,14 +277,15 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
         "accuracy_by_split": {s: accuracy(v) for s, v in by_split.items() if v},
         "accuracy_answerable": {**await accuracy_table(council, generalist, answerable)},
         "agreement": agreement_metrics([r for r in main if r.split != "unanswerable"]),
-        "retrieval": retrieval_recall(retriever, answerable),
+        "retrieval": retrieval_recall(retriever, answerable, qs["unanswerable"]),
         "fresh": {"with_retrieval": accuracy(by_split["fresh"]), "without_retrieval": accuracy(no_retrieval)},
         "abstention": {
             "unanswerable_abstained": statistics.fmean(r.abstained for r in by_split["unanswerable"])
             if by_split["unanswerable"] else None,
             "answerable_wrongly_abstained": statistics.fmean(r.abstained for r in main if r.split != "unanswerable"),
         },
-        "order_sensitivity": await order_sensitivity(council, small),
+        # Orderings only mean something with several passages: measured on the top-n without the filters.
+        "order_sensitivity": await order_sensitivity(council, small, retriever),
         "budget_sweep": await budget_sweep(council, small),
         "k_sweep": await k_sweep(council, small),
     }

@@ -36,7 +36,9 @@ def test_eval_writes_every_metric(tiny_council: Path, tmp_path: Path) -> None:
     assert {"council", "generalist", "best_single_specialist", "legal-1", "medical-2"} <= set(acc)
     assert {"auroc_disagreement_for_wrong", "accuracy_at_80_coverage", "accuracy_at_90_coverage",
             "wrong_base_rate"} <= set(m["agreement"])
-    assert set(m["retrieval"]) == {"recall_at_1", "recall_at_3", "recall_at_5"}
+    assert {"recall_at_1", "recall_at_3", "recall_at_5", "answerable_get_gold_passage_alone",
+            "unanswerable_get_no_passage", "filters"} == set(m["retrieval"])
+    assert all(0 <= m["retrieval"][k] <= 1 for k in ("recall_at_1", "answerable_get_gold_passage_alone"))
     assert set(m["fresh"]) == {"with_retrieval", "without_retrieval"}
     assert set(m["abstention"]) == {"unanswerable_abstained", "answerable_wrongly_abstained"}
     assert {"flip_rate_any_of_4", "accuracy_1_ordering", "accuracy_4_orderings_voted"} <= set(m["order_sensitivity"])
