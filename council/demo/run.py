@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig
 from council.errors import ConfigError
-from council.prompts import UNKNOWN
 from council.types import AskRequest, CouncilAnswer
 
 if TYPE_CHECKING:
@@ -111,11 +110,10 @@ def ingest_served(world: World, client: Any, console: Console, batch: int = 100)
 
 
 def is_correct(q: Question, answer: CouncilAnswer) -> bool:
-    """Unanswerable: abstained or said unknown. Otherwise the gold value is the answer's content."""
-    said = " ".join(answer.answer.lower().replace(".", " ").split())
-    if q.answer == UNKNOWN:
-        return answer.abstained or said == UNKNOWN
-    return not answer.abstained and q.answer.lower() in said.split()
+    """The eval's rule: the gold answer exactly (normalised); for an unanswerable question, an abstention."""
+    from council.jobs.eval import is_correct as judged
+
+    return judged(q, answer)
 
 
 def ask_all(questions: Sequence[Question], ask: Callable[[str], CouncilAnswer], console: Console) -> int:
