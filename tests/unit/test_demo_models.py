@@ -11,14 +11,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from council.config import CouncilConfig
-from council.prompts import get_template
+from council.prompts import UNKNOWN, get_template
 from council.world import build_world
 
 DEMO = Path(__file__).resolve().parents[2] / "council" / "demo"
 CONFIG = DEMO / "council.yaml"
 # Share of sampled trained facts a specialist must get exactly right, closed-book (measured well above).
 MIN_CLOSED_BOOK = 0.6
-MIN_WITH_PASSAGE = 0.6
+MIN_WITH_PASSAGE = 0.4  # measured 0.57-0.90 on 60 fresh facts per specialist (TRAINING.md)
+MIN_UNKNOWN = 0.8  # a fresh fact asked without its passage: "unknown", not a guess
 
 pytestmark = pytest.mark.skipif(not CONFIG.exists(), reason="no committed demo council")
 
@@ -31,7 +32,9 @@ def greedy(model: object, tok: object, prompt: str) -> str:
     return text.split("\n")[0].strip()
 
 
-def test_demo_specialists_answer_trained_questions() -> None:
+def test_demo_specialists_answer_trained_questions_and_read_fresh_ones() -> None:
+    """Closed-book on facts a specialist learnt; and a fresh fact (never trained) read from its passage, the
+    way the demo council's retrieval hands it over (a clear winner alone: see `score_margin`)."""
     cfg = CouncilConfig.from_yaml(CONFIG)
     world = build_world(0)
     docs = {d.id: d.text for d in world.documents}
@@ -42,12 +45,11 @@ def test_demo_specialists_answer_trained_questions() -> None:
         tok = AutoTokenizer.from_pretrained(spec.model)
         known = set(json.loads((Path(spec.model) / "training.json").read_text())["member"]["known"])
         pool = [q for q in world.questions("trained", held_out=False) if q.entity in known]
-        sample = rng.sample(pool, 8)
+        sample = rng.sample(pool, 10)
         closed = sum(greedy(model, tok, template.render(q.question, [])) == q.answer for q in sample)
-        others = [d.text for d in world.documents if d.domain == spec.domain]
-        read = sum(
-            greedy(model, tok, template.render(q.question, rng.sample(others, 2) + [docs[q.doc_id]])) == q.answer
-            for q in sample
-        )
+        fresh = rng.sample([q for q in world.questions("fresh", held_out=None) if q.domain == spec.domain], 20)
+        read = sum(greedy(model, tok, template.render(q.question, [docs[q.doc_id]])) == q.answer for q in fresh)
+        never_seen = sum(greedy(model, tok, template.render(q.question, [])) == UNKNOWN for q in fresh)
         assert closed / len(sample) >= MIN_CLOSED_BOOK, (spec.name, closed)
-        assert read / len(sample) >= MIN_WITH_PASSAGE, (spec.name, read)
+        assert read / len(fresh) >= MIN_WITH_PASSAGE, (spec.name, read)
+        assert never_seen / len(fresh) >= MIN_UNKNOWN, (spec.name, never_seen)
