@@ -229,7 +229,7 @@ def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, 
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+def load_checkpoint(path: str | Path) -> tuple[Any, Any]:
     """Load a checkpoint in fp32 (CPU matmuls in fp16 are slow)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -290,7 +290,7 @@ def count_params(model: GPT2LMHeadModel, *, embeddings: bool = True) -> int:
     """Parameters of a model; without embeddings, the ones every token's forward pass multiplies through."""
     n = sum(p.numel() for p in model.parameters())
     if not embeddings:
-        n -= model.get_input_embeddings().weight.numel()
+        n -= int(model.get_input_embeddings().weight.numel())  # type: ignore[operator]
         wpe = getattr(model.base_model, "wpe", None)
         n -= wpe.weight.numel() if wpe is not None else 0
     return n

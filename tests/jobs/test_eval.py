@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def tiny_council(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("council")
-    specialize(replace(Plan(), reading_warmup=Phase(steps=1, batch=2), general=Phase(steps=2, batch=2), branch=Phase(steps=1, batch=2), probe=False), out)
+    tiny = {"reading_warmup": Phase(steps=1, batch=2), "general": Phase(steps=2, batch=2)}
+    specialize(replace(Plan(), **tiny, branch=Phase(steps=1, batch=2), probe=False), out)
     return out
 
 

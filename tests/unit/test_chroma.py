@@ -278,7 +278,8 @@ def test_relevance_filters_drop_near_misses_and_keep_a_clear_winner(tmp_path: Pa
         assert near_miss < best  # a made-up company only half matches any passage
     finally:
         plain.close()
-    strict = _retriever(tmp_path / "rel", embedder, min_score=(near_miss + best) / 2, score_margin=(best - runner_up) / 2)
+    cut, margin = (near_miss + best) / 2, (best - runner_up) / 2
+    strict = _retriever(tmp_path / "rel", embedder, min_score=cut, score_margin=margin)
     try:
         assert [c.source for c in strict.query("who is the ceo of pila corp ?", tenant="acme", top_n=3)] == ["pila"]
         assert strict.query("who is the ceo of zorbax corp ?", tenant="acme", top_n=3) == []
