@@ -114,12 +114,13 @@ class RetrievalConfig(_Model):
     lexical_weight: float = Field(
         0.3, ge=0, le=1, description="Weight of lexical overlap fused with dense similarity (entity names)."
     )
-    min_score: float = Field(
-        0.0,
-        ge=0,
+    min_score: float | None = Field(
+        None,
+        ge=-1,
         le=1,
         description="Chunks whose fused relevance is below this are dropped: a question nothing in the store "
-        "answers gets no passages (and a closed-book answer) instead of a near miss to copy from. 0: off.",
+        "answers gets no passages (and a closed-book answer) instead of a near miss to copy from. None: off "
+        "(fused scores can be negative, so 0 is a filter too).",
     )
     score_margin: float | None = Field(
         None,

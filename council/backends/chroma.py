@@ -292,7 +292,8 @@ class ChromaRetriever:
         return self._relevant(fused[:top_n])
 
     def _relevant(self, ranked: list[Chunk]) -> list[Chunk]:
-        kept = [c for c in ranked if c.score >= self.config.min_score]
+        floor = self.config.min_score
+        kept = ranked if floor is None else [c for c in ranked if c.score >= floor]
         margin = self.config.score_margin
         if margin is not None and kept:
             kept = [c for c in kept if c.score >= kept[0].score - margin]

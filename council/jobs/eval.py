@@ -113,7 +113,7 @@ def agreement_metrics(records: Sequence[Record]) -> dict[str, Any]:
 def unfiltered(retriever: ChromaRetriever) -> Iterator[None]:
     """The store's ranking without the relevance filters (`min_score`, `score_margin`) for a while."""
     saved = retriever.config
-    retriever.config = saved.model_copy(update={"min_score": 0.0, "score_margin": None})
+    retriever.config = saved.model_copy(update={"min_score": None, "score_margin": None})
     try:
         yield
     finally:
