@@ -49,7 +49,7 @@ def main() -> int:
     import ray
 
     from council.client import Client
-    from council.serving.app import AGGREGATOR, build_app
+    from council.serving.app import build_app
 
     work = Path(tempfile.mkdtemp(prefix="council-cpu-"))
     models = overhead.build_models(work / "models", args.k, None)
@@ -62,7 +62,7 @@ def main() -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(build_app({"config_dict": config}), name="council", route_prefix="/")
         client = Client.connect("council")
-        opts = {"use_retrieval": False, "specialists": [s["name"] for s in config["specialists"]], "early_exit": False}
+        opts = overhead.ask_options(config)
         prompts = itertools.cycle(overhead.questions(1024))
 
         async def cell(n: int) -> float:
@@ -77,11 +77,8 @@ def main() -> int:
         print("| CPU s | ms per question | process |\n|---:|---:|---|")
         for seconds, cmd in used[:12]:
             print(f"| {seconds:.2f} | {1000 * seconds / args.questions:.0f} | {cmd} |")
-        for s in config["specialists"]:
-            stats = serve.get_deployment_handle(f"Specialist_{s['name']}", app_name="council").stats.remote()
-            print(s["name"], stats.result(timeout_s=30))
-        print("aggregator embeddings", serve.get_deployment_handle(AGGREGATOR, app_name="council").stats.remote()
-              .result(timeout_s=30))  # fmt: skip
+        for name, stats in overhead.replica_stats("council", config).items():
+            print(name, stats)
     finally:
         serve.shutdown()
         ray.shutdown()

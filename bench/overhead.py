@@ -124,6 +124,23 @@ def questions(n: int) -> list[str]:
     return [qs[(i * 7) % len(qs)] for i in range(n)]
 
 
+def ask_options(config: dict[str, Any]) -> dict[str, Any]:
+    """What every benchmarked question asks: all k members, no retrieval, no early exit."""
+    return {"use_retrieval": False, "specialists": [s["name"] for s in config["specialists"]], "early_exit": False}
+
+
+def replica_stats(app: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`stats()` of each member's replica and of the aggregator in one deployed council app."""
+    from council.serving.app import AGGREGATOR, specialist_deployment_name
+
+    names = {s["name"]: specialist_deployment_name(s["name"]) for s in config["specialists"]}
+    names[AGGREGATOR] = AGGREGATOR
+    return {
+        key: serve.get_deployment_handle(deployment, app_name=app).stats.remote().result(timeout_s=30)
+        for key, deployment in names.items()
+    }
+
+
 def deploy(batched: dict[str, Any], unbatched: dict[str, Any], k: int) -> None:
     """Three apps side by side (their replicas start in parallel): the council twice, and the no-op floor.
 
@@ -248,7 +265,7 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     config = council_config(models, args, args.batch_size, work / "chroma")
     deploy(config, council_config(models, args, 1, work / "chroma-unbatched"), args.k)
     print(f"deployed the council (batched, unbatched) and the no-op app in {time.perf_counter() - t0:.0f} s")
-    opts = {"use_retrieval": False, "specialists": [s["name"] for s in config["specialists"]], "early_exit": False}
+    opts = ask_options(config)
     http_client, handle_client = Client(url), Client.connect("council")
     noop_http = httpx.Client(timeout=60)
     noop_handle = serve.get_app_handle("noop")
@@ -288,18 +305,9 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     clients = {args.batch_size: handle_client, 1: unbatched}
     fresh = itertools.cycle(council_prompts[2 * n :])  # not the latency rows' questions
     thr = asyncio.run(load_cells(args, fresh, clients, members, opts, loaded))
-    embedding = {
-        name: serve.get_deployment_handle(AGGREGATOR, app_name=name).stats.remote().result(timeout_s=30)
-        for name in ("council", "council_unbatched")
-    }
-    batches = {
-        (app, s["name"]): serve.get_deployment_handle(f"Specialist_{s['name']}", app_name=app)
-        .stats.remote()
-        .result(timeout_s=30)
-        for app in ("council", "council_unbatched")
-        for s in config["specialists"]
-    }
-    print(f"finished in {time.perf_counter() - t0:.0f} s\n", flush=True)
+    stats = {app: replica_stats(app, config) for app in ("council", "council_unbatched")}
+    embedding = {app: s.pop(AGGREGATOR) for app, s in stats.items()}
+    batches = {(app, name): s for app, members in stats.items() for name, s in members.items()}
     report(args, lat, thr, {"sequential": stages, f"batched, {max(args.clients)} clients": loaded})
     print("\nAnswer embeddings in the aggregator (whole run): " + "; ".join(
         f"{app}: {s['texts']} texts, {s['cache_hits']} from cache, {s['passes']} MiniLM passes, "

@@ -289,9 +289,10 @@ class ChromaRetriever:
         w = self.config.lexical_weight
         fused = [replace(c, score=(1 - w) * c.score + w * lexical_score(words, c.text)) for c in candidates]
         fused.sort(key=lambda c: (-c.score, c.id))
-        return self._relevant(fused[:top_n])
+        return self.relevant(fused[:top_n])
 
-    def _relevant(self, ranked: list[Chunk]) -> list[Chunk]:
+    def relevant(self, ranked: list[Chunk]) -> list[Chunk]:
+        """The config's relevance filters (`min_score`, then `score_margin`) over a best-first ranking."""
         floor = self.config.min_score
         kept = ranked if floor is None else [c for c in ranked if c.score >= floor]
         margin = self.config.score_margin

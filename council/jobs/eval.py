@@ -128,16 +128,15 @@ def retrieval_recall(
     nothing at all for unanswerable questions."""
     hits = {1: 0, 3: 0, 5: 0}
     asked = [q for q in questions if q.doc_id and q.split != "unanswerable"]
-    with unfiltered(retriever):
-        for q in asked:
-            sources = [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=5)]
-            for k in hits:
-                hits[k] += q.doc_id in sources[:k]
-    top_n = 5
+    with unfiltered(retriever):  # the ranking itself, once per question; the filters are applied to it below
+        ranked = [retriever.query(q.question, tenant=TENANT, top_n=5) for q in [*asked, *unanswerable]]
+    for q, chunks in zip(asked, ranked, strict=False):
+        for k in hits:
+            hits[k] += q.doc_id in [c.source for c in chunks[:k]]
     gold_alone = sum(
-        [c.source for c in retriever.query(q.question, tenant=TENANT, top_n=top_n)] == [q.doc_id] for q in asked
+        [c.source for c in retriever.relevant(chunks)] == [q.doc_id] for q, chunks in zip(asked, ranked, strict=False)
     )
-    empty = sum(not retriever.query(q.question, tenant=TENANT, top_n=top_n) for q in unanswerable)
+    empty = sum(not retriever.relevant(chunks) for chunks in ranked[len(asked) :])
     return {
         **{f"recall_at_{k}": v / max(1, len(asked)) for k, v in hits.items()},
         "filters": {"min_score": retriever.config.min_score, "score_margin": retriever.config.score_margin},
