@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))  # tests.tiny builds the tiny models
 from fastapi import FastAPI, Request  # noqa: E402
 from ray import serve  # noqa: E402
 
+from council.serving.deployments import SpecialistServer  # noqa: E402
+
 noop_api = FastAPI()
 
 
@@ -59,22 +61,6 @@ def allow_batch_outside_serve() -> None:
     from ray.serve import batching
 
     batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None  # type: ignore
-
-
-class DirectMember:
-    """A specialist called in this process, batched by the same `@serve.batch` the deployment uses."""
-
-    def __init__(self, specialist: Any, max_batch_size: int, wait_s: float) -> None:
-        self.specialist = specialist
-        self._batch.set_max_batch_size(max_batch_size)
-        self._batch.set_batch_wait_timeout_s(wait_s)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Any]:
-        return await asyncio.to_thread(self.specialist.generate_batch, items)
-
-    async def generate(self, question: str) -> Any:
-        return await self._batch((question, ()))
 
 
 # ---------------------------------------------------------------- set-up
@@ -130,11 +116,11 @@ def ask_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def replica_stats(app: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """`stats()` of each member's replica and of the aggregator in one deployed council app."""
-    from council.serving.app import AGGREGATOR, specialist_deployment_name
+    """`stats()` of each member's replica and of the ingress (which embeds questions and answers) in one app."""
+    from council.serving.app import INGRESS, specialist_deployment_name
 
     names = {s["name"]: specialist_deployment_name(s["name"]) for s in config["specialists"]}
-    names[AGGREGATOR] = AGGREGATOR
+    names[INGRESS] = INGRESS
     return {
         key: serve.get_deployment_handle(deployment, app_name=app).stats.remote().result(timeout_s=30)
         for key, deployment in names.items()
@@ -258,7 +244,7 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     from council.backends.transformers import TransformersSpecialist
     from council.client import Client
     from council.config import SpecialistConfig
-    from council.serving.app import AGGREGATOR
+    from council.serving.app import INGRESS
 
     url = f"http://127.0.0.1:{args.port}"
     t0 = time.perf_counter()
@@ -304,12 +290,13 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     loaded: list[dict[str, float]] = []
     clients = {args.batch_size: handle_client, 1: unbatched}
     fresh = itertools.cycle(council_prompts[2 * n :])  # not the latency rows' questions
-    thr = asyncio.run(load_cells(args, fresh, clients, members, opts, loaded))
+    configs = {args.batch_size: config, 1: council_config(models, args, 1, work / "chroma-unbatched")}
+    thr = asyncio.run(load_cells(args, fresh, clients, configs, opts, loaded))
     stats = {app: replica_stats(app, config) for app in ("council", "council_unbatched")}
-    embedding = {app: s.pop(AGGREGATOR) for app, s in stats.items()}
+    embedding = {app: s.pop(INGRESS) for app, s in stats.items()}
     batches = {(app, name): s for app, members in stats.items() for name, s in members.items()}
     report(args, lat, thr, {"sequential": stages, f"batched, {max(args.clients)} clients": loaded})
-    print("\nAnswer embeddings in the aggregator (whole run): " + "; ".join(
+    print("\nEmbeddings in the ingress, questions and answers (whole run): " + "; ".join(
         f"{app}: {s['texts']} texts, {s['cache_hits']} from cache, {s['passes']} MiniLM passes, "
         f"largest {s['largest_pass']}" for app, s in embedding.items()))  # fmt: skip
     print("Member batches (whole run, one replica each): " + "; ".join(
@@ -319,20 +306,22 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
 
 
 async def load_cells(
-    args: argparse.Namespace, prompts: Iterator[str], clients: dict[int, Any], members: list[Any], opts: dict[str, Any],
-    loaded: list[dict[str, float]],
+    args: argparse.Namespace, prompts: Iterator[str], clients: dict[int, Any], configs: dict[int, dict[str, Any]],
+    opts: dict[str, Any], loaded: list[dict[str, float]],
 ) -> dict[tuple[str, int], float]:  # fmt: skip
     """Throughput of the council (by handle) and of its members called directly, per batch size and client count.
 
+    "Directly" is the deployment's own class, `SpecialistServer`, built from the same config in this process:
+    the same `@serve.batch` queue and settings and the same gate, without Serve or the council around it.
     `loaded` collects the council's stage timings under the heaviest batched load.
     """
     out = {}
     for batch, client in clients.items():
         tag = "batched" if batch > 1 else "unbatched"
-        direct = [DirectMember(m, batch, args.batch_wait_s) for m in members]
+        direct = [SpecialistServer(s) for s in configs[batch]["specialists"]]
 
-        async def members_directly(q: str, direct: list[DirectMember] = direct) -> Any:
-            return await asyncio.gather(*(d.generate(q) for d in direct))
+        async def members_directly(q: str, direct: list[SpecialistServer] = direct) -> Any:
+            return await asyncio.gather(*(d.generate(q, ()) for d in direct))
 
         async def council(q: str, client: Any = client, record: list[dict[str, float]] | None = None) -> Any:
             answer = await client.aask(q, **opts)

@@ -68,28 +68,36 @@ class LocalAggregator:
             ]
         return out
 
-    async def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        # One call for all texts, off the event loop (a BatchedEmbedder also shares it with other requests).
+    async def _embed(self, texts: Sequence[str], given: np.ndarray | None = None) -> np.ndarray:
+        """The texts' embeddings: `given` when the caller computed them (checked), else one call for all
+        texts, off the event loop (a BatchedEmbedder also shares it with other requests)."""
+        if given is not None:
+            vectors = np.asarray(given, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+                raise InvalidRequest(f"expected {len(texts)} embedding rows, one per answer; got shape {vectors.shape}")
+            return vectors
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         return await embed_async(self.embedder, texts)
 
-    async def aggregate(self, members: Sequence[MemberAnswer]) -> Verdict:
+    async def aggregate(self, members: Sequence[MemberAnswer], embeddings: np.ndarray | None = None) -> Verdict:
         """The council's verdict over the members that answered, weighted by `route_weight(route_score)`.
 
         Failed or cancelled members are left out, so the Verdict's indices (clusters, winner) refer
         to the `.ok` members in their given order. No successful member: an abstaining Verdict.
+        `embeddings`, when given, has one row per `.ok` member's answer (see `answer_vectors`).
         """
         ok = [m for m in members if m.ok]
         answers = [m.answer or "" for m in ok]
         return agreement.decide(
             answers,
             [agreement.route_weight(m.route_score) for m in ok],
-            await self._embed(answers),
+            await self._embed(answers, embeddings),
             similarity_threshold=self.config.similarity_threshold,
             agreement_threshold=self.config.agreement_threshold,
         )
 
-    async def vote(self, answers: Sequence[str]) -> tuple[int, float]:
+    async def vote(self, answers: Sequence[str], embeddings: np.ndarray | None = None) -> tuple[int, float]:
         """One member's answers across orderings -> (index of the winning answer, consistency)."""
-        return agreement.vote(answers, await self._embed(answers), self.config.similarity_threshold)
+        vectors = await self._embed(answers, embeddings)
+        return agreement.vote(answers, vectors, self.config.similarity_threshold)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -128,3 +129,46 @@ async def embed_async(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(await batched(texts))
     return np.asarray(await asyncio.to_thread(embedder.embed, list(texts)))
 
+
+
+class PassGate:
+    """Holds new requests while a forward pass runs, so that all who arrived during it join the next pass.
+
+    `@serve.batch` seals a batch `batch_wait_timeout_s` after its first request, even while the model is
+    still busy with the previous batch; a busy model therefore runs a string of small batches, each sealed
+    long before the model could take it. Behind this gate a request enters the batch queue only when no
+    pass is running: a lone request waits for nothing, and under load a batch is as large as the queue
+    that built up during the last pass (up to the batch size). Use one gate per event loop.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _event(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._idle is None or loop is not self._loop:
+            self._idle, self._loop = asyncio.Event(), loop
+            if not self.running:
+                self._idle.set()
+        return self._idle
+
+    async def wait_idle(self) -> None:
+        """Return once no pass is running (at once when none is)."""
+        idle = self._event()
+        while self.running:
+            await idle.wait()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark a forward pass as running for the duration of the block (call on the event loop)."""
+        idle = self._event()
+        self.running += 1
+        idle.clear()
+        try:
+            yield
+        finally:
+            self.running -= 1
+            if not self.running:
+                idle.set()

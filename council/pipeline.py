@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from council import routing
-from council.agreement import route_weight
+from council.agreement import is_unknown, route_weight
 from council.batching import embed_async
 from council.config import NAME_RE, CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
@@ -57,6 +57,44 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
         if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
             raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
     return AskRequest(**{**req.__dict__, "question": question})
+
+
+class _AnswerVectors:
+    """Each answer's embedding, started the moment its member answers, so that embedding the early answers
+    overlaps the members still generating; only the last answer's pass is left on the critical path.
+
+    "Unknown" answers get a zero row: they never merge with another answer, so their vector is never read.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._tasks: dict[str, asyncio.Future[np.ndarray]] = {}
+
+    def start(self, answers: Sequence[str]) -> None:
+        fresh = list(dict.fromkeys(a for a in answers if a not in self._tasks and not is_unknown(a)))
+        if fresh:
+            task = asyncio.ensure_future(embed_async(self.embedder, fresh))
+            for i, a in enumerate(fresh):
+                self._tasks[a] = asyncio.ensure_future(_row(task, i))
+
+    async def matrix(self, answers: Sequence[str]) -> np.ndarray:
+        """One row per answer (in order), embedding any not started yet."""
+        self.start(answers)
+        rows = [await self._tasks[a] if a in self._tasks else None for a in answers]
+        dim = next((r.shape[0] for r in rows if r is not None), self.embedder.dim)
+        return np.stack([np.zeros(dim, np.float32) if r is None else r for r in rows]) if rows else np.zeros((0, dim))
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+
+def _answers(members: Sequence[MemberAnswer]) -> list[str]:
+    return [m.answer or "" for m in members]
+
+
+async def _row(task: asyncio.Future[np.ndarray], i: int) -> np.ndarray:
+    return (await asyncio.shield(task))[i]
 
 
 @dataclass
@@ -133,17 +171,21 @@ class Council:
                 ordering=req.ordering or cfg.aggregator.ordering,
                 orderings=req.orderings or cfg.aggregator.orderings,
             )
-        with watch.stage("members"):
-            members = await self._fan_out(req, decision.chosen, decision.scores, plans)
-        with watch.stage("aggregate"):
-            answered = [m for m in members if m.ok]
-            quorum = min(cfg.router.quorum, len(decision.chosen))
-            if len(answered) < quorum:
-                raise QuorumNotMet(
-                    f"{len(answered)} of {len(members)} members answered; the quorum is {quorum}",
-                    details={"members": {m.name: m.error or "cancelled" for m in members if not m.ok}},
-                )
-            verdict = await self.aggregator.aggregate(answered)
+        vectors = _AnswerVectors(self.embedder)
+        try:
+            with watch.stage("members"):
+                members = await self._fan_out(req, decision.chosen, decision.scores, plans, vectors)
+            with watch.stage("aggregate"):
+                answered = [m for m in members if m.ok]
+                quorum = min(cfg.router.quorum, len(decision.chosen))
+                if len(answered) < quorum:
+                    raise QuorumNotMet(
+                        f"{len(answered)} of {len(members)} members answered; the quorum is {quorum}",
+                        details={"members": {m.name: m.error or "cancelled" for m in members if not m.ok}},
+                    )
+                verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
+        finally:
+            vectors.cancel()
         watch.timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         return CouncilAnswer(
             question=req.question,
@@ -171,7 +213,12 @@ class Council:
         )
 
     async def _fan_out(
-        self, req: AskRequest, chosen: Sequence[str], scores: Mapping[str, float], plans: Mapping[str, Plan]
+        self,
+        req: AskRequest,
+        chosen: Sequence[str],
+        scores: Mapping[str, float],
+        plans: Mapping[str, Plan],
+        vectors: _AnswerVectors,
     ) -> list[MemberAnswer]:
         """Ask every chosen member in parallel; no member holds the request past the member timeout."""
         cfg = self.config.router
@@ -184,7 +231,7 @@ class Council:
             n: MemberAnswer(n, scores[n], error="question too long for this member's context window") for n in too_long
         }
         tasks = {
-            asyncio.create_task(self._ask_member(n, req.question, plans[n], scores[n])): n
+            asyncio.create_task(self._ask_member(n, req.question, plans[n], scores[n], vectors)): n
             for n in chosen
             if n not in results
         }
@@ -198,8 +245,10 @@ class Council:
             if not done:
                 break
             for task in done:
-                results[tasks[task]] = task.result()
-            if early_exit and pending and await self._settled(results, chosen, scores):
+                results[tasks[task]] = answer = task.result()
+                if answer.ok:
+                    vectors.start([answer.answer or ""])
+            if early_exit and pending and await self._settled(results, chosen, scores, vectors):
                 break
         for task in pending:
             task.cancel()
@@ -216,7 +265,9 @@ class Council:
             await asyncio.wait(pending, timeout=0.05)
         return [results[n] for n in chosen]
 
-    async def _ask_member(self, name: str, question: str, plan: Plan, score: float) -> MemberAnswer:
+    async def _ask_member(
+        self, name: str, question: str, plan: Plan, score: float, vectors: _AnswerVectors
+    ) -> MemberAnswer:
         """One member's answer (voted across orderings); any failure becomes data, not an exception."""
         spec = self.specialists[name]
         try:
@@ -227,7 +278,10 @@ class Council:
             log.warning("member %s failed: %s: %s", name, type(e).__name__, e)
             return MemberAnswer(name, score, error=f"{type(e).__name__}: {e}"[:500])
         texts = [g.text.strip() for g in gens]
-        winner, consistency = (0, 1.0) if len(texts) == 1 else await self.aggregator.vote(texts)
+        if len(texts) == 1:
+            winner, consistency = 0, 1.0
+        else:
+            winner, consistency = await self.aggregator.vote(texts, await vectors.matrix(texts))
         return MemberAnswer(
             name,
             score,
@@ -240,13 +294,17 @@ class Council:
         )
 
     async def _settled(
-        self, results: Mapping[str, MemberAnswer], chosen: Sequence[str], scores: Mapping[str, float]
+        self,
+        results: Mapping[str, MemberAnswer],
+        chosen: Sequence[str],
+        scores: Mapping[str, float],
+        vectors: _AnswerVectors,
     ) -> bool:
         """True when the answers so far already decide the vote, whatever the stragglers say."""
         answered = [m for m in results.values() if m.ok]
         if len(answered) < self.config.router.quorum:
             return False
-        verdict = await self.aggregator.aggregate(answered)
+        verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
         if verdict.abstained or verdict.winner is None:
             return False
         weights = {n: max(route_weight(scores[n]), 1e-6) for n in chosen}

@@ -105,20 +105,38 @@ def _transformer_encoder(source: str, device: str, pooling: str, max_len: int) -
     model: Any = AutoModel.from_pretrained(source).to(device).eval()
 
     def encode(texts: list[str], batch_size: int) -> np.ndarray:
-        rows = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
+        # Padding costs as much as text: a batch mixing 10-token questions with 40-token answers would pay
+        # 40 tokens for every row. Texts are run shortest first, in chunks of similar length.
+        ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
+        for chunk in _length_chunks([len(ids[i]) for i in order], batch_size):
+            rows = [order[j] for j in chunk]
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(device)
             with torch.inference_mode():
                 hidden = model(**batch).last_hidden_state
             if pooling == "cls":
-                rows.append(hidden[:, 0].float().cpu().numpy())
+                out[rows] = hidden[:, 0].float().cpu().numpy()
                 continue
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu().numpy())
-        return np.concatenate(rows)
+            out[rows] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu().numpy()
+        return out
 
     return encode, int(model.config.hidden_size)
+
+
+def _length_chunks(lengths: Sequence[int], batch_size: int, slack: float = 1.25) -> list[range]:
+    """Split positions of ascending `lengths` into runs of at most `batch_size` whose longest text is at most
+    `slack` times their shortest (plus 4 tokens), so padding wastes little."""
+    chunks: list[range] = []
+    start = 0
+    for i, n in enumerate(lengths):
+        if i - start >= batch_size or n > lengths[start] * slack + 4:
+            chunks.append(range(start, i))
+            start = i
+    if lengths:
+        chunks.append(range(start, len(lengths)))
+    return chunks
 
 
 def get_embedder(path: str | None = None) -> MiniLMEmbedder:

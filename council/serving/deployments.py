@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from council.batching import PassGate
 from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
 from council.errors import InvalidRequest
 from council.pipeline import Council
@@ -22,6 +23,7 @@ from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpe
 from council.types import AskRequest, Chunk, CouncilAnswer, Document, Generation, MemberAnswer, TrimReport
 
 if TYPE_CHECKING:
+    import numpy as np
     from fastapi import FastAPI
     from ray.serve.handle import DeploymentHandle
 
@@ -63,6 +65,8 @@ class SpecialistServer:
         self._tickets = itertools.count()
         self._stats = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0}
         options = self.config.deployment
+        # Requests arriving during a forward pass join the next one together (see PassGate).
+        self._gate = PassGate()
         batcher: Any = self._generate_batch  # serve.batch's setters are not in its type
         batcher.set_max_batch_size(options.max_batch_size)
         batcher.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
@@ -74,6 +78,7 @@ class SpecialistServer:
         self._stats["requests"] += 1
         try:
             await self._inject_fault()
+            await self._gate.wait_idle()
             result: Generation = await self._generate_batch((question, tuple(passages)))
         except asyncio.CancelledError:
             self._stats["cancelled"] += 1
@@ -95,7 +100,8 @@ class SpecialistServer:
         self._stats["batches"] += 1
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(items))
         try:
-            return await asyncio.to_thread(self._forward, items)
+            with self._gate.busy():
+                return await asyncio.to_thread(self._forward, items)
         except InvalidRequest:  # the request's fault, not the model's
             raise
         except Exception as e:
@@ -217,16 +223,17 @@ class AggregatorServer:
             question, chunks, members, budget_tokens=budget_tokens, ordering=ordering, orderings=orderings
         )
 
-    async def aggregate(self, members: Sequence[MemberAnswer]) -> Verdict:
-        """The council's verdict over the members that answered."""
-        return await self.aggregator.aggregate(members)
+    async def aggregate(self, members: Sequence[MemberAnswer], embeddings: np.ndarray | None = None) -> Verdict:
+        """The council's verdict over the members that answered (their answers' embeddings, if the caller has them)."""
+        return await self.aggregator.aggregate(members, embeddings)
 
-    async def vote(self, answers: Sequence[str]) -> tuple[int, float]:
+    async def vote(self, answers: Sequence[str], embeddings: np.ndarray | None = None) -> tuple[int, float]:
         """One member's answers across orderings -> (winner index, consistency)."""
-        return await self.aggregator.vote(answers)
+        return await self.aggregator.vote(answers, embeddings)
 
     def stats(self) -> dict[str, int]:
-        """Embedding counters of this replica: texts asked, cache hits, passes run, the largest pass."""
+        """Embedding counters of this replica (it embeds only what callers did not embed): texts asked, cache
+        hits, passes run, the largest pass."""
         return dict(self.embedder.stats)
 
 
@@ -299,6 +306,11 @@ class RouterIngress:
             report = await call(self.retriever_handle, "ingest_texts", docs, tenant=req.tenant, domain=domain)
             totals = {k: totals[k] + int(report[k]) for k in totals}
         return {"tenant": req.tenant, "documents": len(req.documents), **totals}
+
+    def stats(self) -> dict[str, int]:
+        """Embedding counters of this replica (questions, and members' answers as they arrive): texts asked,
+        cache hits, MiniLM passes run, the largest pass."""
+        return dict(self.embedder.stats)
 
     def models(self) -> list[str]:
         """Model names the council answers to: 'council' and each specialist's name."""

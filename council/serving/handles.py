@@ -10,6 +10,7 @@ from council.errors import Overloaded
 from council.types import Chunk, Document, Generation, MemberAnswer, TrimReport
 
 if TYPE_CHECKING:
+    import numpy as np
     from ray.serve.handle import DeploymentHandle
 
     from council.agreement import Verdict
@@ -130,12 +131,12 @@ class HandleAggregator:
         )
         return result
 
-    async def aggregate(self, members: Sequence[MemberAnswer]) -> Verdict:
+    async def aggregate(self, members: Sequence[MemberAnswer], embeddings: np.ndarray | None = None) -> Verdict:
         """The council's verdict over the members that answered."""
-        result: Verdict = await call(self.handle, "aggregate", list(members))
+        result: Verdict = await call(self.handle, "aggregate", list(members), embeddings)
         return result
 
-    async def vote(self, answers: Sequence[str]) -> tuple[int, float]:
+    async def vote(self, answers: Sequence[str], embeddings: np.ndarray | None = None) -> tuple[int, float]:
         """One member's answers across orderings -> (winner index, consistency)."""
-        winner, consistency = await call(self.handle, "vote", list(answers))
+        winner, consistency = await call(self.handle, "vote", list(answers), embeddings)
         return int(winner), float(consistency)

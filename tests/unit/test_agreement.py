@@ -24,6 +24,7 @@ from council.agreement import (
     vote,
 )
 from council.config import AggregatorConfig
+from council.errors import InvalidRequest
 from council.protocols import Aggregator, Embedder
 from council.types import MemberAnswer
 
@@ -333,3 +334,16 @@ async def test_vote_embeds_once() -> None:
 )
 def test_route_weight_maps_cosine_onto_unit_interval(score: float, weight: float) -> None:
     assert route_weight(score) == pytest.approx(weight)
+
+
+async def test_aggregate_and_vote_use_given_embeddings_and_check_their_shape() -> None:
+    emb = HashEmbedder()
+    agg = make(emb, agreement_threshold=0.6)
+    members = [MemberAnswer("a", 0.5, answer="paris"), MemberAnswer("b", 0.5, answer="lyon")]
+    # Given vectors decide: identical rows merge "paris" and "lyon" into one cluster, without embedding.
+    v = await agg.aggregate(members, np.ones((2, emb.dim), dtype=np.float32))
+    assert emb.calls == [] and not v.abstained and v.agreement == pytest.approx(1.0)
+    assert (await agg.vote(["x", "y", "z"], np.eye(3, emb.dim, dtype=np.float32)))[1] == pytest.approx(1 / 3)
+    assert emb.calls == []
+    with pytest.raises(InvalidRequest, match="expected 2 embedding rows"):
+        await agg.aggregate(members, np.ones((3, emb.dim), dtype=np.float32))

@@ -1,4 +1,4 @@
-"""BatchedEmbedder: concurrent callers share passes, recent texts are cached, failures reach every caller."""
+"""BatchedEmbedder (shared passes, cache, failures reach every caller) and PassGate (batches fill while a pass runs)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from council.batching import BatchedEmbedder, embed_async
+from council.batching import BatchedEmbedder, PassGate, embed_async
 
 
 class SlowEmbedder:
@@ -130,3 +131,47 @@ def test_works_across_event_loops_and_with_plain_embedders() -> None:
 def test_bad_settings_are_named(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         BatchedEmbedder(SlowEmbedder(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_pass_gate_lets_a_lone_request_through_and_holds_others_until_the_pass_ends() -> None:
+    gate = PassGate()
+    await asyncio.wait_for(gate.wait_idle(), 0.1)  # nothing running: no wait
+    entered: list[str] = []
+
+    async def request(name: str) -> None:
+        await gate.wait_idle()
+        entered.append(name)
+
+    with gate.busy():
+        waiting = [asyncio.create_task(request(f"r{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert entered == [] and gate.running == 1  # held while the pass runs
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert entered == ["r0", "r1", "r2"] and gate.running == 0
+
+
+async def test_requests_arriving_during_a_forward_pass_form_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real SpecialistServer and @serve.batch, outside Serve (its replica context only feeds a warning).
+    from ray.serve import batching
+
+    from council.serving.deployments import SpecialistServer
+    from tests.tiny import build_tiny_gpt2, tiny_specialist_config
+
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda s: None)
+    config = tiny_specialist_config(
+        build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    )
+    server = SpecialistServer(config.model_dump(), fault={"hang_s": 0.5})  # every pass takes 0.5 s
+    first = asyncio.create_task(server.generate("question 0", []))
+    await asyncio.sleep(0.1)  # its pass is running now
+    later = []
+    for i in range(1, 6):  # each arrives well after the 10 ms batch wait of the one before
+        later.append(asyncio.create_task(server.generate(f"question {i}", [])))
+        await asyncio.sleep(0.04)
+    results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
+    assert all(r.completion_tokens > 0 for r in results)
+    stats = server.stats()
+    # Without the gate @serve.batch seals a batch 10 ms after its first request: 6 batches of 1.
+    assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] >= 4, stats

@@ -54,6 +54,24 @@ def test_batching_does_not_change_vectors() -> None:
     np.testing.assert_allclose(small.embed(texts), get_embedder().embed(texts), atol=1e-5)
 
 
+def test_mixed_lengths_in_one_call_match_each_text_alone(embedder: MiniLMEmbedder) -> None:
+    # The encoder runs texts shortest first in chunks of similar length; rows must come back in input order.
+    texts = ["a", "the statute of limitations for fraud in the northern province is seven years " * 3, "povo corp",
+             "who is the chief executive of povi corp", "", "x " * 300]  # fmt: skip
+    together = embedder.embed(texts)
+    alone = np.concatenate([embedder.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_length_chunks_bound_padding_and_batch_size() -> None:
+    lengths = [3, 3, 4, 9, 10, 11, 12, 40, 41]
+    chunks = embeddings._length_chunks(lengths, batch_size=3)
+    assert [i for c in chunks for i in c] == list(range(len(lengths)))  # every row once, in order
+    assert all(len(c) <= 3 for c in chunks)
+    assert all(lengths[c[-1]] <= lengths[c[0]] * 1.25 + 4 for c in chunks)
+    assert embeddings._length_chunks([], 8) == []
+
+
 def test_fast_path_matches_sentence_transformers(embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     # The bundled folder loads through transformers directly; forcing the SentenceTransformer path must agree.
     monkeypatch.setattr(embeddings, "_plain_pooling", lambda folder: None)

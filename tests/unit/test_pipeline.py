@@ -221,3 +221,31 @@ async def test_forced_specialists_and_k() -> None:
     assert [m.name for m in ans.members] == ["m1"]
     ans = await council.ask(AskRequest("what dose of the drug for a patient?", k=1))
     assert ans.route.chosen == ("m2",)  # the medicine specialist routes first
+
+
+class RecordingEmbedder:
+    """The real MiniLM embedder, logging when each call starts and what it embeds."""
+
+    def __init__(self) -> None:
+        self.base = get_embedder()
+        self.dim = self.base.dim
+        self.calls: list[tuple[float, list[str]]] = []
+
+    def embed(self, texts: Sequence[str]):
+        self.calls.append((time.monotonic(), list(texts)))
+        return self.base.embed(texts)
+
+
+async def test_each_answer_is_embedded_as_it_arrives_once_and_unknown_never() -> None:
+    specs = [ScriptedSpecialist("m0", "Paris."), ScriptedSpecialist("m1", "unknown", delay_s=0.3),
+             ScriptedSpecialist("m2", "Lyon", delay_s=0.6)]  # fmt: skip
+    council = make_council(specs, make_config())
+    recorder = RecordingEmbedder()
+    council.embedder = recorder
+    t0 = time.monotonic()
+    ans = await council.ask(AskRequest("capital of france?"))
+    answer_calls = [(t - t0, texts) for t, texts in recorder.calls if texts != ["capital of france?"]]
+    # The fast member's answer is embedded while the others still generate, then only Lyon's after it arrives.
+    assert [texts for _, texts in answer_calls] == [["Paris."], ["Lyon"]]
+    assert answer_calls[0][0] < 0.3 <= 0.6 <= answer_calls[1][0]
+    assert ans.abstained and {m.answer for m in ans.members} == {"Paris.", "unknown", "Lyon"}
