@@ -67,7 +67,7 @@ def allow_batch_outside_serve() -> None:
 
 
 def council_config(models: Sequence[Path], args: argparse.Namespace, batch: int, store: Path) -> dict[str, Any]:
-    """k tiny members that always write `max_new_tokens` (no stop strings); retrieval off per request."""
+    """k members that always write `max_new_tokens` (no stop strings); retrieval off per request."""
     deployment = {
         "num_cpus": 0.1,
         "max_ongoing_requests": max(args.clients) * 2,
@@ -87,8 +87,8 @@ def council_config(models: Sequence[Path], args: argparse.Namespace, batch: int,
     }
 
 
-def build_models(folder: Path, k: int, config: Path | None) -> list[Path]:
-    """The first k members' checkpoints of a council config, else k tiny random GPT-2s (tests/tiny.py)."""
+def build_models(folder: Path, k: int, config: Path | None, layers: int = 2, width: int = 64) -> list[Path]:
+    """The first k members' checkpoints of a council config, else k random GPT-2s (tests/tiny.py)."""
     if config is not None:
         from council.config import CouncilConfig
 
@@ -98,7 +98,7 @@ def build_models(folder: Path, k: int, config: Path | None) -> list[Path]:
         return [Path(s.model) for s in specs[:k]]
     from tests.tiny import build_tiny_gpt2
 
-    return [build_tiny_gpt2(folder / f"m{i}", seed=i) for i in range(k)]
+    return [build_tiny_gpt2(folder / f"m{i}", seed=i, n_layer=layers, n_embd=width) for i in range(k)]
 
 
 def questions(n: int) -> list[str]:
@@ -204,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-wait-s", type=float, default=0.01, help="@serve.batch batch_wait_timeout_s")
     p.add_argument("--port", type=int, default=8077, help="loopback HTTP port for this run's Serve")
     p.add_argument("--config", type=Path, help="take the members' checkpoints from this council YAML")
+    p.add_argument("--member-layers", type=int, default=2, help="layers of each random GPT-2 member")
+    p.add_argument("--member-width", type=int, default=64,
+                   help="hidden size of each random GPT-2 member (64: 0.14M parameters; 384 x 6 layers: MiniLM's size)")
     p.add_argument("--quick", action="store_true", help="small samples: about two minutes")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines show as they happen
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     allow_batch_outside_serve()
     work = Path(tempfile.mkdtemp(prefix="council-bench-"))
-    models = build_models(work / "models", args.k, args.config)
+    models = build_models(work / "models", args.k, args.config, args.member_layers, args.member_width)
     prompts = questions(args.requests + args.warmup)
     import logging
 
@@ -344,7 +347,11 @@ def report(
     stages: dict[str, list[dict[str, float]]],
 ) -> None:  # fmt: skip
     """Print the tables (Markdown, for the README) and the targets with PASS/MISS."""
-    what = f"members from {args.config}" if args.config else "tiny random GPT-2 members"
+    what = (
+        f"members from {args.config}"
+        if args.config
+        else f"random GPT-2 members ({args.member_layers} layers x {args.member_width})"
+    )
     print(f"k={args.k} {what}, {args.new_tokens} new tokens each, retrieval off, one run, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f} over the last 5 minutes\n")  # fmt: skip
     print(f"| sequential latency ({args.requests} requests) | p50 ms | p95 ms |\n|---|---:|---:|")

@@ -148,6 +148,12 @@ class AggregatorConfig(_Model):
     orderings: int = Field(1, ge=1, le=8, description="Orderings asked per member; >1 votes across them.")
     default_budget_tokens: int = Field(512, ge=0, description="Context token budget when a request sets none.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs for the aggregator replica.")
+    answers_embedded_by: Literal["members", "ingress"] = Field(
+        "members",
+        description="Who embeds the members' answers for agreement. 'members': each specialist's replica, right "
+        "after generating, on its own device and in parallel with the others (each replica loads the embedder). "
+        "'ingress': the ingress, each answer as it arrives.",
+    )
 
 
 class HttpConfig(_Model):

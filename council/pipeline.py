@@ -60,8 +60,8 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
 
 
 class _AnswerVectors:
-    """Each answer's embedding, started the moment its member answers, so that embedding the early answers
-    overlaps the members still generating; only the last answer's pass is left on the critical path.
+    """Each answer's embedding: the one its member's replica sent with it, else started here the moment its
+    member answers, so that embedding the early answers overlaps the members still generating.
 
     "Unknown" answers get a zero row: they never merge with another answer, so their vector is never read.
     """
@@ -69,6 +69,13 @@ class _AnswerVectors:
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
         self._tasks: dict[str, asyncio.Future[np.ndarray]] = {}
+
+    def put(self, answer: str, embedding: Sequence[float] | None) -> None:
+        """Take the vector a member computed for its answer (None: nothing given)."""
+        if embedding is not None and answer not in self._tasks:
+            done: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+            done.set_result(np.asarray(embedding, dtype=np.float32))
+            self._tasks[answer] = done
 
     def start(self, answers: Sequence[str]) -> None:
         fresh = list(dict.fromkeys(a for a in answers if a not in self._tasks and not is_unknown(a)))
@@ -278,6 +285,8 @@ class Council:
             log.warning("member %s failed: %s: %s", name, type(e).__name__, e)
             return MemberAnswer(name, score, error=f"{type(e).__name__}: {e}"[:500])
         texts = [g.text.strip() for g in gens]
+        for text, g in zip(texts, gens, strict=True):
+            vectors.put(text, g.embedding)
         if len(texts) == 1:
             winner, consistency = 0, 1.0
         else:

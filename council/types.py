@@ -40,6 +40,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    # The stripped text's sentence embedding, when the member's replica computed it (see AggregatorConfig).
+    embedding: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,10 @@ def build_tiny_gpt2(
     vocab_size: int = 600,
     init_std: float = 0.1,
     chat_template: str | None = None,
+    n_layer: int = 2,
+    n_embd: int = 64,
 ) -> Path:
-    """Save a random 2-layer GPT-2 (n_embd=64) and its real tokenizer to `path`; returns `path`.
+    """Save a random GPT-2 (2 layers of width 64 unless told) and its real tokenizer to `path`; returns `path`.
 
     It loads through the ordinary `from_pretrained` path. `init_std` is larger than GPT-2's 0.02 so that
     different prompts give different greedy continuations (batching bugs show). `chat_template` (Jinja)
@@ -70,9 +72,9 @@ def build_tiny_gpt2(
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=n_positions,
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=max(2, n_embd // 64),
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=eos,

@@ -95,10 +95,15 @@ def _replica_options(d: DeploymentOptions) -> dict[str, Any]:
     return opts
 
 
-def _specialist(spec: SpecialistConfig, fault: Fault | None) -> Application:
+def _specialist(spec: SpecialistConfig, fault: Fault | None, config: CouncilConfig) -> Application:
     options = _replica_options(spec.deployment)
     deployment: Any = serve.deployment(SpecialistServer, name=specialist_deployment_name(spec.name), **options)
-    return deployment.bind(spec.model_dump(mode="json"), fault.model_dump() if fault else None)
+    embed = config.aggregator.answers_embedded_by == "members"
+    return deployment.bind(
+        spec.model_dump(mode="json"),
+        fault.model_dump() if fault else None,
+        answer_embedder=(config.retrieval.embedder or "") if embed else None,
+    )
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -124,7 +129,7 @@ def build_app(args: dict[str, Any]) -> Application:
         "max_ongoing_requests": router.max_ongoing_requests,
         "max_queued_requests": router.max_queued_requests,
     }
-    specialists = {s.name: _specialist(s, app_args.faults.get(s.name)) for s in config.specialists}
+    specialists = {s.name: _specialist(s, app_args.faults.get(s.name), config) for s in config.specialists}
     deploy: Any = serve.deployment  # its overloads hide `.bind` from the type checker
     retrieval = deploy(
         RetrievalServer,

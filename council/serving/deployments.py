@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from council.agreement import is_unknown
 from council.batching import PassGate
 from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
 from council.errors import InvalidRequest
 from council.pipeline import Council
+from council.protocols import Embedder
 from council.serving import metrics
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.types import AskRequest, Chunk, CouncilAnswer, Document, Generation, MemberAnswer, TrimReport
@@ -51,25 +53,37 @@ class Fault(BaseModel):
 class SpecialistServer:
     """One specialist on its own deployment: batches concurrent `generate` calls into one forward pass."""
 
-    def __init__(self, config: dict[str, Any], fault: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], fault: dict[str, Any] | None = None, answer_embedder: str | None = None
+    ) -> None:
+        """`answer_embedder`: embed each answer right after generating it, with this sentence-transformers model
+        ("" = the bundled MiniLM), and return the vector with the Generation; None: do not embed."""
         from council.backends.transformers import TransformersSpecialist
 
         self.config = SpecialistConfig.model_validate(config)
         self.fault = Fault.model_validate(fault or {})
         self.specialist = TransformersSpecialist(self.config)
+        self.answer_embedder: Embedder | None = None
+        if answer_embedder is not None:
+            from council.backends.embeddings import get_embedder
+
+            self.answer_embedder = get_embedder(answer_embedder or None)
         # A failed forward pass makes the next health check try the model again (see check_health).
         self._suspect: str | None = None
         # Forward passes in flight (ticket -> start): one running past stuck_after_s fails the health check.
         self._running: dict[int, float] = {}
         self._running_lock = threading.Lock()
         self._tickets = itertools.count()
-        self._stats = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0}
+        self._stats = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0}
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
         self._gate = PassGate()
-        batcher: Any = self._generate_batch  # serve.batch's setters are not in its type
-        batcher.set_max_batch_size(options.max_batch_size)
-        batcher.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        # @serve.batch keeps ONE queue per decorated function, shared by every instance in the process: applied
+        # to the class's method, two SpecialistServers in one process (tests, benchmarks, local use) would run
+        # each other's requests through one model. Decorating the bound method gives each instance its queue.
+        self._generate_batch = serve.batch(
+            max_batch_size=options.max_batch_size, batch_wait_timeout_s=options.batch_wait_timeout_s
+        )(self._run_batch)
         if self.fault != Fault():
             log.warning("specialist %s runs with injected fault %s", self.config.name, self.fault)
 
@@ -94,8 +108,8 @@ class SpecialistServer:
         [generation] = await asyncio.to_thread(self.specialist.generate_texts, [prompt], max_new_tokens=max_new_tokens)
         return generation
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
+    async def _run_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
+        """One @serve.batch batch (see __init__): a single forward pass for all of `items`."""
         # A worker thread keeps the replica's event loop free to take the next batch's requests.
         self._stats["batches"] += 1
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(items))
@@ -116,10 +130,24 @@ class SpecialistServer:
         try:
             if self.fault.hang_s:
                 time.sleep(self.fault.hang_s)
-            return self.specialist.generate_batch(items)
+            return self._embed_answers(self.specialist.generate_batch(items))
         finally:
             with self._running_lock:
                 del self._running[ticket]
+
+    def _embed_answers(self, generations: list[Generation]) -> list[Generation]:
+        # One pass for the batch's distinct answers; "unknown" needs no vector (it never merges with an answer).
+        if self.answer_embedder is None:
+            return generations
+        texts = list(dict.fromkeys(t for t in (g.text.strip() for g in generations) if not is_unknown(t)))
+        if not texts:
+            return generations
+        vectors = dict(zip(texts, self.answer_embedder.embed(texts).tolist(), strict=True))
+        self._stats["embedded"] += len(texts)
+        return [
+            dataclasses.replace(g, embedding=tuple(vectors[t])) if (t := g.text.strip()) in vectors else g
+            for g in generations
+        ]
 
     async def _inject_fault(self) -> None:
         if self.fault.delay_s:
@@ -143,7 +171,7 @@ class SpecialistServer:
         self._suspect = None
 
     def stats(self) -> dict[str, int]:
-        """Counters of this replica: requests, errors, cancelled, batches run and the largest batch."""
+        """Counters of this replica: requests, errors, cancelled, batches run, the largest batch, answers embedded."""
         return dict(self._stats)
 
     def info(self) -> dict[str, Any]:

@@ -57,3 +57,25 @@ def test_generate_text_completes_a_raw_prompt(council_app: App) -> None:
     assert generation.completion_tokens <= 4 and generation.prompt_tokens > 0
     info = handle.info.remote().result(timeout_s=30)
     assert info["name"] == "physics" and info["device"] == "cpu"
+
+
+def test_members_embed_their_answers_and_the_ingress_only_the_question(council_app: App) -> None:
+    from council.agreement import is_unknown
+    from council.backends.embeddings import get_embedder
+
+    member = serve.get_deployment_handle("Specialist_finance", app_name=council_app.name)
+    ingress = serve.get_deployment_handle("RouterIngress", app_name=council_app.name)
+    generation = member.generate.remote("what was the revenue of kavo corp ?", []).result(timeout_s=30)
+    if is_unknown(generation.text):
+        assert generation.embedding is None  # "unknown" never merges with an answer: no vector needed
+    else:
+        expected = get_embedder().embed([generation.text.strip()])[0]
+        assert abs(float(expected @ expected) - float(expected @ generation.embedding)) < 1e-4
+    before = [h.stats.remote().result(timeout_s=30) for h in (member, ingress)]
+    answer = ingress.ask.remote(
+        {"question": "members embed answers: how much did kavo corp earn?", "specialists": ["finance"]}
+    ).result(timeout_s=60)
+    after = [h.stats.remote().result(timeout_s=30) for h in (member, ingress)]
+    real = not is_unknown(answer["members"][0]["answer"] or "")
+    assert after[0]["embedded"] - before[0]["embedded"] == int(real)
+    assert after[1]["texts"] - before[1]["texts"] == 1  # the question; the answer came with its vector

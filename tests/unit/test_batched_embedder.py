@@ -7,7 +7,6 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,30 +147,3 @@ async def test_pass_gate_lets_a_lone_request_through_and_holds_others_until_the_
         assert entered == [] and gate.running == 1  # held while the pass runs
     await asyncio.wait_for(asyncio.gather(*waiting), 1)
     assert entered == ["r0", "r1", "r2"] and gate.running == 0
-
-
-async def test_requests_arriving_during_a_forward_pass_form_one_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The real SpecialistServer and @serve.batch, outside Serve (its replica context only feeds a warning).
-    from ray.serve import batching
-
-    from council.serving.deployments import SpecialistServer
-    from tests.tiny import build_tiny_gpt2, tiny_specialist_config
-
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda s: None)
-    config = tiny_specialist_config(
-        build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
-    )
-    server = SpecialistServer(config.model_dump(), fault={"hang_s": 0.5})  # every pass takes 0.5 s
-    first = asyncio.create_task(server.generate("question 0", []))
-    await asyncio.sleep(0.1)  # its pass is running now
-    later = []
-    for i in range(1, 6):  # each arrives well after the 10 ms batch wait of the one before
-        later.append(asyncio.create_task(server.generate(f"question {i}", [])))
-        await asyncio.sleep(0.04)
-    results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
-    assert all(r.completion_tokens > 0 for r in results)
-    stats = server.stats()
-    # Without the gate @serve.batch seals a batch 10 ms after its first request: 6 batches of 1.
-    assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] >= 4, stats

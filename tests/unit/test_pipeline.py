@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 
 import pytest
 
 from council.aggregator import LocalAggregator
+from council.agreement import normalise
 from council.backends.embeddings import get_embedder
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, UnknownSpecialist
@@ -249,3 +251,22 @@ async def test_each_answer_is_embedded_as_it_arrives_once_and_unknown_never() ->
     assert [texts for _, texts in answer_calls] == [["Paris."], ["Lyon"]]
     assert answer_calls[0][0] < 0.3 <= 0.6 <= answer_calls[1][0]
     assert ans.abstained and {m.answer for m in ans.members} == {"Paris.", "unknown", "Lyon"}
+
+
+class EmbeddingSpecialist(ScriptedSpecialist):
+    """Sends its answer's vector with it, as a Serve member replica does (answers_embedded_by: members)."""
+
+    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
+        g = await super().generate(question, passages)
+        return dataclasses.replace(g, embedding=tuple(get_embedder().embed([g.text.strip()])[0].tolist()))
+
+
+async def test_answers_that_come_with_a_vector_are_not_embedded_again() -> None:
+    specs = [EmbeddingSpecialist("m0", "Paris."), EmbeddingSpecialist("m1", "paris", delay_s=0.1),
+             ScriptedSpecialist("m2", "Lyon", delay_s=0.2)]  # fmt: skip
+    council = make_council(specs, make_config())
+    recorder = RecordingEmbedder()
+    council.embedder = recorder
+    ans = await council.ask(AskRequest("capital of france?"))
+    assert [texts for _, texts in recorder.calls] == [["capital of france?"], ["Lyon"]]
+    assert normalise(ans.answer) == "paris" and ans.agreement > 0.5 and not ans.abstained  # 2 of 3, weighted

@@ -1,0 +1,73 @@
+"""SpecialistServer outside Serve: its own batch queue, batches that fill while a pass runs, answers with vectors."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from council.backends.embeddings import get_embedder
+from tests.tiny import build_tiny_gpt2, tiny_specialist_config
+
+
+@pytest.fixture(autouse=True)
+def _batch_outside_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    # @serve.batch runs in any event loop; only a warning of its queue asks for Serve's replica context.
+    from ray.serve import batching
+
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda s: None)
+
+
+async def test_answers_come_with_their_embedding_in_one_pass_per_batch(tmp_path: Path) -> None:
+    from council.serving.deployments import SpecialistServer
+
+    config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), generation={"max_new_tokens": 6, "stop": []})
+    server = SpecialistServer(config.model_dump(), answer_embedder="")
+    plain = SpecialistServer(config.model_dump())
+    questions = [f"question number {i}" for i in range(4)]
+    embedded = await asyncio.gather(*(server.generate(q, ()) for q in questions))
+    bare = await asyncio.gather(*(plain.generate(q, ()) for q in questions))
+    assert [g.text for g in embedded] == [g.text for g in bare]  # same answers, vectors added
+    assert all(g.embedding is None for g in bare)
+    expected = get_embedder().embed([g.text.strip() for g in embedded])
+    np.testing.assert_allclose(np.array([g.embedding for g in embedded]), expected, atol=1e-5)
+    stats = server.stats()
+    assert stats["embedded"] == len({g.text.strip() for g in embedded}) and stats["batches"] < 4
+
+
+async def test_two_servers_in_one_process_each_answer_with_their_own_model(tmp_path: Path) -> None:
+    # @serve.batch on the class method would share one queue (and one model) between the two instances.
+    from council.backends.transformers import TransformersSpecialist
+    from council.serving.deployments import SpecialistServer
+
+    configs = [tiny_specialist_config(build_tiny_gpt2(tmp_path / f"m{i}", seed=i), name=f"m{i}") for i in range(2)]
+    servers = [SpecialistServer(c.model_dump()) for c in configs]
+    questions = [f"question number {i}" for i in range(6)]
+    answers = await asyncio.gather(*(s.generate(q, ()) for q in questions for s in servers))
+    for i, c in enumerate(configs):
+        expected = [g.text for g in TransformersSpecialist(c).generate_batch([(q, ()) for q in questions])]
+        assert [a.text for a in answers[i :: len(servers)]] == expected
+    assert expected != [a.text for a in answers[0 :: len(servers)]]  # the two models do differ
+    assert [s.stats()["requests"] for s in servers] == [6, 6]
+
+
+async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: Path) -> None:
+    from council.serving.deployments import SpecialistServer
+
+    config = tiny_specialist_config(
+        build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    )
+    server = SpecialistServer(config.model_dump(), fault={"hang_s": 0.5})  # every pass takes 0.5 s
+    first = asyncio.create_task(server.generate("question 0", []))
+    await asyncio.sleep(0.1)  # its pass is running now
+    later = []
+    for i in range(1, 6):  # each arrives well after the 10 ms batch wait of the one before
+        later.append(asyncio.create_task(server.generate(f"question {i}", [])))
+        await asyncio.sleep(0.04)
+    results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
+    assert all(r.completion_tokens > 0 for r in results)
+    stats = server.stats()
+    # Without the gate @serve.batch seals a batch 10 ms after its first request: 6 batches of 1.
+    assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] >= 4, stats
