@@ -46,7 +46,12 @@ class DeploymentOptions(_Model):
         64, ge=-1, description="Requests queued per caller before Serve refuses (503); -1 = unbounded."
     )
     max_batch_size: int = Field(8, ge=1, description="Largest dynamic batch (@serve.batch) per forward pass.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
+    batch_wait_timeout_s: float = Field(
+        0.01,
+        ge=0,
+        description="How long a batch waits to fill up when other requests are in the replica (a request alone "
+        "runs at once; requests arriving during a forward pass join the next one whatever this is).",
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
     stuck_after_s: float = Field(

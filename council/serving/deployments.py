@@ -81,18 +81,23 @@ class SpecialistServer:
         # @serve.batch keeps ONE queue per decorated function, shared by every instance in the process: applied
         # to the class's method, two SpecialistServers in one process (tests, benchmarks, local use) would run
         # each other's requests through one model. Decorating the bound method gives each instance its queue.
-        self._generate_batch = serve.batch(
+        self._generate_batch: Any = serve.batch(
             max_batch_size=options.max_batch_size, batch_wait_timeout_s=options.batch_wait_timeout_s
         )(self._run_batch)
+        self._in_generate = 0  # requests inside generate(): at the gate, queued or in a pass
         if self.fault != Fault():
             log.warning("specialist %s runs with injected fault %s", self.config.name, self.fault)
 
     async def generate(self, question: str, passages: Sequence[str]) -> Generation:
         """Answer a question from its (already trimmed) passages."""
         self._stats["requests"] += 1
+        self._in_generate += 1
         try:
             await self._inject_fault()
             await self._gate.wait_idle()
+            # The batch wait only pays when others are on their way: a request alone in the replica runs at once.
+            alone = self._in_generate == 1
+            self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.config.deployment.batch_wait_timeout_s)
             result: Generation = await self._generate_batch((question, tuple(passages)))
         except asyncio.CancelledError:
             self._stats["cancelled"] += 1
@@ -100,6 +105,8 @@ class SpecialistServer:
         except Exception:
             self._stats["errors"] += 1
             raise
+        finally:
+            self._in_generate -= 1
         return result
 
     async def generate_text(self, prompt: str, max_new_tokens: int | None = None) -> Generation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,20 @@ async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: 
     stats = server.stats()
     # Without the gate @serve.batch seals a batch 10 ms after its first request: 6 batches of 1.
     assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] >= 4, stats
+
+
+async def test_a_lone_request_does_not_wait_for_the_batch_window(tmp_path: Path) -> None:
+    from council.serving.deployments import SpecialistServer
+
+    config = tiny_specialist_config(
+        build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 2.0}
+    )
+    server = SpecialistServer(config.model_dump())
+    await server.generate("warm up", ())
+    t0 = time.perf_counter()
+    await asyncio.wait_for(server.generate("a lone question", ()), 10)
+    assert time.perf_counter() - t0 < 1.5  # the 2 s batch window would have held it
+    # Requests that come together still share the window and one pass.
+    before = server.stats()["batches"]
+    await asyncio.wait_for(asyncio.gather(*(server.generate(f"together {i}", ()) for i in range(4))), 10)
+    assert server.stats()["batches"] - before == 1
