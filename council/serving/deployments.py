@@ -68,6 +68,7 @@ class SpecialistServer:
             from council.backends.embeddings import get_embedder
 
             self.answer_embedder = get_embedder(answer_embedder or None)
+            self.answer_embedder.embed(["warm up"])  # first-pass allocations at start-up, not in the first request
         # A failed forward pass makes the next health check try the model again (see check_health).
         self._suspect: str | None = None
         # Forward passes in flight (ticket -> start): one running past stuck_after_s fails the health check.
