@@ -238,12 +238,17 @@ class RecordingEmbedder:
         return self.base.embed(texts)
 
 
+def recorded_council(specs: list[ScriptedSpecialist]) -> tuple[Council, RecordingEmbedder]:
+    """A council over `specs` whose own embedder (question, answers without a vector) records its calls."""
+    council = make_council(specs, make_config())
+    council.embedder = recorder = RecordingEmbedder()
+    return council, recorder
+
+
 async def test_each_answer_is_embedded_as_it_arrives_once_and_unknown_never() -> None:
     specs = [ScriptedSpecialist("m0", "Paris."), ScriptedSpecialist("m1", "unknown", delay_s=0.3),
              ScriptedSpecialist("m2", "Lyon", delay_s=0.6)]  # fmt: skip
-    council = make_council(specs, make_config())
-    recorder = RecordingEmbedder()
-    council.embedder = recorder
+    council, recorder = recorded_council(specs)
     t0 = time.monotonic()
     ans = await council.ask(AskRequest("capital of france?"))
     answer_calls = [(t - t0, texts) for t, texts in recorder.calls if texts != ["capital of france?"]]
@@ -264,9 +269,7 @@ class EmbeddingSpecialist(ScriptedSpecialist):
 async def test_answers_that_come_with_a_vector_are_not_embedded_again() -> None:
     specs = [EmbeddingSpecialist("m0", "Paris."), EmbeddingSpecialist("m1", "paris", delay_s=0.1),
              ScriptedSpecialist("m2", "Lyon", delay_s=0.2)]  # fmt: skip
-    council = make_council(specs, make_config())
-    recorder = RecordingEmbedder()
-    council.embedder = recorder
+    council, recorder = recorded_council(specs)
     ans = await council.ask(AskRequest("capital of france?"))
     assert [texts for _, texts in recorder.calls] == [["capital of france?"], ["Lyon"]]
     assert normalise(ans.answer) == "paris" and ans.agreement > 0.5 and not ans.abstained  # 2 of 3, weighted
