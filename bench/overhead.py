@@ -106,6 +106,15 @@ def council_config(models: Sequence[Path], args: argparse.Namespace, batch: int,
     }
 
 
+def early_exit_config(model: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]:
+    """Three copies of one member (so the two fast ones agree), the third slowed by fault injection; quorum 2."""
+    config = council_config([model] * 3, args, args.batch_size, store)
+    for spec, name in zip(config["specialists"], ("fast0", "fast1", "slow"), strict=True):
+        spec["name"], spec["description"] = name, "member"  # equal route weights
+    config["router"]["quorum"] = 2
+    return config
+
+
 def build_models(folder: Path, k: int, config: Path | None, layers: int = 2, width: int = 64) -> list[Path]:
     """The first k members' checkpoints of a council config, else k random GPT-2s (tests/tiny.py)."""
     if config is not None:
@@ -146,13 +155,79 @@ def replica_stats(app: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]
     }
 
 
-def deploy(batched: dict[str, Any], unbatched: dict[str, Any], k: int) -> None:
-    """Three apps side by side (their replicas start in parallel): the council twice, and the no-op floor.
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """(what the process is, CPU seconds so far) of each process of this run, by pid: Ray's (replicas by process
+    title, system processes) and this one (the callers and the direct side). A Ray actor's title names the method
+    it is running (ray::ServeController.listen_for_change), so processes are matched by pid."""
+    import psutil
+
+    me = os.getpid()
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] != me and not (cmd.startswith("ray::") or "/ray/" in cmd or "ray.util.client" in cmd):
+            continue
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # gone
+            continue
+        if proc.info["pid"] == me:
+            key = "this process"
+        elif cmd.startswith("ray::"):
+            key = cmd.split()[0]
+        else:  # gcs_server, raylet, agents: the program or script under ray/
+            key = next((w.rsplit("/", 1)[-1] for w in cmd.split() if "/ray/" in w), "ray")
+        out[proc.info["pid"]] = (key, times.user + times.system)
+    return out
+
+
+def cpu_roles(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], app: str) -> dict[str, float]:
+    """CPU seconds between two `cpu_seconds()` snapshots, summed per role in the council `app`; a process that
+    started in between counts whole, and the busiest Ray system processes are named."""
+    roles: dict[str, float] = {}
+    system: dict[str, float] = {}
+    for pid, (title, t) in after.items():
+        used = t - before.get(pid, ("", 0.0))[1]
+        if title.startswith(f"ray::ServeReplica:{app}:"):
+            deployment = title.rsplit(":", 1)[1]
+            role = "member replicas" if deployment.startswith("Specialist_") else deployment
+        elif title.startswith("ray::ServeReplica:"):
+            role = "other apps' replicas (idle)"
+        elif title == "this process":
+            role = "callers (this process)"
+        else:
+            role = "Ray and Serve system processes"
+            name = title.split(".")[0] + (" (started during the cell)" if pid not in before else "")
+            system[name] = system.get(name, 0.0) + used
+        roles[role] = roles.get(role, 0.0) + used
+    busiest = sorted(system.items(), key=lambda kv: -kv[1])[:3]
+    if busiest:
+        label = "Ray and Serve system processes (" + ", ".join(f"{n} {t:.1f} s" for n, t in busiest) + ")"
+        roles[label] = roles.pop("Ray and Serve system processes")
+    return roles
+
+
+async def member_cpu_ms(app: str, config: dict[str, Any]) -> tuple[int, int]:
+    """Generating and answer-embedding CPU ms, summed over the app's member replicas (their forward threads)."""
+    from council.serving.app import specialist_deployment_name
+
+    gen = emb = 0
+    for s in config["specialists"]:
+        handle = serve.get_deployment_handle(specialist_deployment_name(s["name"]), app_name=app)
+        stats = await handle.stats.remote()
+        gen, emb = gen + stats["generate_cpu_ms"], emb + stats["embed_cpu_ms"]
+    return gen, emb
+
+
+def deploy(batched: dict[str, Any], unbatched: dict[str, Any], early: dict[str, Any], slow_s: float, k: int) -> None:
+    """Four apps side by side (their replicas start in parallel): the council twice, the no-op floor, and a
+    council with one slow member (early exit).
 
     The unbatched twin is deployed up front: redeploying mid-run would race the old replicas' shutdown.
     """
     from council.serving.app import build_app
 
+    slowed = build_app({"config_dict": early, "faults": {"slow": {"delay_s": slow_s}}})
     member = {"max_ongoing_requests": 128, "ray_actor_options": {"num_cpus": 0.1}}
     members = [serve.deployment(NoopMember, name=f"noop{i}", **member).bind() for i in range(k)]  # type: ignore
     router = {"max_ongoing_requests": batched["router"]["max_ongoing_requests"], "ray_actor_options": {"num_cpus": 0.1}}
@@ -161,6 +236,7 @@ def deploy(batched: dict[str, Any], unbatched: dict[str, Any], k: int) -> None:
         serve.RunTarget(build_app({"config_dict": batched}), name="council", route_prefix="/"),
         serve.RunTarget(build_app({"config_dict": unbatched}), name="council_unbatched", route_prefix="/unbatched"),
         serve.RunTarget(noop, name="noop", route_prefix="/noop"),
+        serve.RunTarget(slowed, name="early", route_prefix="/early"),
     ])  # fmt: skip
 
 
@@ -184,7 +260,9 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
-async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str], clients: int, total: int) -> float:
+async def throughput(
+    ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str], clients: int, total: int, warm: bool = True
+) -> float:
     """Questions per second with `clients` callers each asking its next question as soon as one returns.
 
     `prompts` is shared by every cell of the run, so no question is asked twice while it lasts.
@@ -195,7 +273,8 @@ async def throughput(ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str
         for _ in todo:
             await ask(next(prompts))
 
-    await asyncio.gather(*(ask(next(prompts)) for _ in range(min(clients, 8))))  # warm the batch paths
+    if warm:
+        await asyncio.gather(*(ask(next(prompts)) for _ in range(min(clients, 8))))  # warm the batch paths
     t0 = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(clients))), timeout=600)
     return total / (time.perf_counter() - t0)
@@ -224,8 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8077, help="loopback HTTP port for this run's Serve")
     p.add_argument("--config", type=Path, help="take the members' checkpoints from this council YAML")
     p.add_argument("--member-layers", type=int, default=2, help="layers of each random GPT-2 member")
-    p.add_argument("--member-width", type=int, default=64,
-                   help="hidden size of each random GPT-2 member (64: 0.14M parameters; 384 x 6 layers: MiniLM's size)")
+    p.add_argument(
+        "--member-width",
+        type=int,
+        default=64,
+        help="hidden size of each random GPT-2 member (64: 0.14M parameters; 384 x 6 layers: MiniLM's size)",
+    )
+    p.add_argument("--slow-member-s", type=float, default=1.0, help="delay of the slow member in the early-exit rows")
     p.add_argument("--quick", action="store_true", help="small samples: about two minutes")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines show as they happen
@@ -271,8 +355,10 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     url = f"http://127.0.0.1:{args.port}"
     t0 = time.perf_counter()
     config = council_config(models, args, args.batch_size, work / "chroma")
-    deploy(config, council_config(models, args, 1, work / "chroma-unbatched"), args.k)
-    print(f"deployed the council (batched, unbatched) and the no-op app in {time.perf_counter() - t0:.0f} s")
+    early = early_exit_config(models[0], args, work / "chroma-early")
+    deploy(config, council_config(models, args, 1, work / "chroma-unbatched"), early, args.slow_member_s, args.k)
+    print(f"deployed the council (batched, unbatched), the no-op app and the slow-member council in "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     opts = ask_options(config)
     http_client, handle_client = Client(url), Client.connect("council")
     noop_http = httpx.Client(timeout=60)
@@ -314,18 +400,24 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     answers = [g.text for g in members[0].generate_batch([(prompts[0], ())] * args.k)]
     lat["embed question (1 text)"] = sample(lambda q: embedder.embed([q]), prompts, args.warmup)
     lat[f"embed answers ({args.k} texts)"] = sample(lambda q: embedder.embed(answers), prompts, args.warmup)
+    cancelled = early_exit_rows(lat, early, council_prompts[2 * n :], args)
+    # Idle replicas still cost CPU (health checks, metrics, long polls): the load cells need neither app.
+    for app in ("noop", "early"):
+        serve.delete(app)
     print(f"latency rows done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     unbatched = Client.connect("council_unbatched")
     loaded: list[dict[str, float]] = []
     clients = {args.batch_size: handle_client, 1: unbatched}
-    fresh = itertools.cycle(council_prompts[2 * n :])  # not the latency rows' questions
+    fresh = itertools.cycle(council_prompts[3 * n :])  # not the latency rows' questions
     configs = {args.batch_size: config, 1: council_config(models, args, 1, work / "chroma-unbatched")}
-    thr = asyncio.run(load_cells(args, fresh, clients, configs, opts, loaded))
+    cpu: dict[str, Any] = {}
+    thr = asyncio.run(load_cells(args, fresh, clients, configs, opts, loaded, cpu))
     stats = {app: replica_stats(app, config) for app in ("council", "council_unbatched")}
     embedding = {app: s.pop(INGRESS) for app, s in stats.items()}
     batches = {(app, name): s for app, members in stats.items() for name, s in members.items()}
-    report(args, lat, thr, {"sequential": stages, f"batched, {max(args.clients)} clients": loaded})
+    report(args, lat, thr, {"sequential": stages, f"batched, {max(args.clients)} clients": loaded}, cancelled)
+    report_cpu(args, cpu, thr)
     print("\nEmbeddings in the ingress, questions and answers (whole run): " + "; ".join(
         f"{app}: {s['texts']} texts, {s['cache_hits']} from cache, {s['passes']} MiniLM passes, "
         f"largest {s['largest_pass']}" for app, s in embedding.items()))  # fmt: skip
@@ -335,15 +427,36 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     return 0
 
 
+def early_exit_rows(
+    lat: dict[str, list[float]], config: dict[str, Any], prompts: list[str], args: argparse.Namespace
+) -> int:
+    """Sequential latency of the slow-member council with and without early exit; returns how many answers
+    with early exit reported the slow member cancelled."""
+    from council.client import Client
+
+    client, opts = Client.connect("early"), ask_options(config)
+    n = args.requests // 2 + 2
+    seen: list[Any] = []
+    lat[f"one member slowed by {args.slow_member_s:g} s, early exit off"] = sample(
+        lambda q: client.ask(q, **opts), prompts[:n], 2
+    )
+    lat[f"one member slowed by {args.slow_member_s:g} s, early exit on"] = sample(
+        lambda q: seen.append(client.ask(q, **{**opts, "early_exit": True})), prompts[n : 2 * n], 2
+    )
+    return sum(1 for a in seen[2:] if any(m.name == "slow" and m.cancelled for m in a.members))
+
+
 async def load_cells(
     args: argparse.Namespace, prompts: Iterator[str], clients: dict[int, Any], configs: dict[int, dict[str, Any]],
-    opts: dict[str, Any], loaded: list[dict[str, float]],
+    opts: dict[str, Any], loaded: list[dict[str, float]], cpu: dict[str, Any],
 ) -> dict[tuple[str, int], float]:  # fmt: skip
     """Throughput of the council (by handle) and of its members called directly, per batch size and client count.
 
     "Directly" is the deployment's own class, `SpecialistServer`, built from the same config in this process:
     the same `@serve.batch` queue and settings and the same gate, without Serve or the council around it.
-    `loaded` collects the council's stage timings under the heaviest batched load.
+    `loaded` collects the council's stage timings under the heaviest batched load, `cpu` the CPU seconds each
+    kind of process spent during that cell and its direct twin (see `cpu_roles`). Those two cells count exactly
+    `args.load` questions each (no warm-up burst inside the measured window: the earlier cells warmed up).
     """
     out = {}
     for batch, client in clients.items():
@@ -362,8 +475,25 @@ async def load_cells(
         for c in args.clients:
             record = loaded if batch > 1 and c == max(args.clients) else None
             ask = functools.partial(council, record=record)
-            out[(f"council ({tag})", c)] = await throughput(ask, prompts, c, args.load)
-            out[(f"members directly ({tag})", c)] = await throughput(members_directly, prompts, c, args.load)
+            if record is None:
+                out[(f"council ({tag})", c)] = await throughput(ask, prompts, c, args.load)
+                out[(f"members directly ({tag})", c)] = await throughput(members_directly, prompts, c, args.load)
+            else:  # the heaviest batched cell: also where each side's CPU goes
+                app = "council"
+                await asyncio.gather(*(ask(next(prompts)) for _ in range(8)))  # warm-ups outside the window
+                t0, m0 = cpu_seconds(), await member_cpu_ms(app, configs[batch])
+                out[(f"council ({tag})", c)] = await throughput(ask, prompts, c, args.load, warm=False)
+                t1, m1 = cpu_seconds(), await member_cpu_ms(app, configs[batch])
+                await asyncio.gather(*(members_directly(next(prompts)) for _ in range(8)))
+                t2 = cpu_seconds()
+                out[(f"members directly ({tag})", c)] = await throughput(
+                    members_directly, prompts, c, args.load, warm=False
+                )
+                t3 = cpu_seconds()
+                cpu["council"] = cpu_roles(t0, t1, app)
+                cpu["members: generating"] = (m1[0] - m0[0]) / 1000
+                cpu["members: embedding answers"] = (m1[1] - m0[1]) / 1000
+                cpu["direct"] = cpu_roles(t2, t3, app)
             print(f"  {tag}, {c} clients: council {out[(f'council ({tag})', c)]:.1f} q/s, directly "
                   f"{out[(f'members directly ({tag})', c)]:.1f} q/s", flush=True)  # fmt: skip
     return out
@@ -371,7 +501,7 @@ async def load_cells(
 
 def report(
     args: argparse.Namespace, lat: dict[str, list[float]], thr: dict[tuple[str, int], float],
-    stages: dict[str, list[dict[str, float]]],
+    stages: dict[str, list[dict[str, float]]], cancelled: int,
 ) -> None:  # fmt: skip
     """Print the tables (Markdown, for the README) and the targets with PASS/MISS."""
     what = (
@@ -406,6 +536,10 @@ def report(
               f"≤ {limit:.1f} (1.5 × floor + embeddings) | {verdict(added <= limit)} |")  # fmt: skip
         extra = med[f"council, {transport}"] - parallel
         print(f"| (for reference) council p50 − all members in parallel p50, {transport}, ms | {extra:.1f} | | |")
+    off, on = (med[f"one member slowed by {args.slow_member_s:g} s, early exit {x}"] for x in ("off", "on"))
+    asked = len(lat[f"one member slowed by {args.slow_member_s:g} s, early exit on"])
+    print(f"| early exit with one member slowed by {args.slow_member_s:g} s: p50 saved, ms (slow member cancelled "
+          f"in {cancelled} of {asked} answers) | {off - on:.1f} | | |")  # fmt: skip
     gain = thr[("council (batched)", top)] / thr[("council (unbatched)", top)]
     print(f"| batching gain at {top} clients (council batched / unbatched) | {gain:.2f}× | ≥ 3× | "
           f"{verdict(gain >= 3)} |")  # fmt: skip
@@ -414,6 +548,43 @@ def report(
     for c in args.clients:
         r = thr[("council (batched)", c)] / thr[("members directly (batched)", c)]
         print(f"| council / members directly, batched, {c} clients | {r:.2f}× | ≥ 0.9× | {verdict(r >= 0.9)} |")
+
+
+def report_cpu(args: argparse.Namespace, cpu: dict[str, Any], thr: dict[tuple[str, int], float]) -> None:
+    """Where the CPU went in the heaviest batched cell, per question: on a saturated machine throughput is
+    cores / CPU per question, so this says what bounds the council's throughput against its members'."""
+    n, top = args.load, max(args.clients)
+    council, direct = cpu["council"], cpu["direct"]
+    gen, emb = cpu["members: generating"], cpu["members: embedding answers"]
+    members = council.get("member replicas", 0.0)
+    rows = [
+        ("member replicas: generating (forward threads)", gen),
+        ("member replicas: embedding their answers (forward threads)", emb),
+        ("member replicas: the rest (Serve, batching, asyncio)", members - gen - emb),
+        *((role, t) for role, t in sorted(council.items(), key=lambda kv: -kv[1]) if role != "member replicas"),
+    ]
+    total = sum(council.values())
+    mine = direct.get("callers (this process)", 0.0)
+    print(f"\n| CPU per question, batched, {top} clients ({n} questions each side) | ms | share |\n|---|---:|---:|")
+    for role, t in rows:
+        print(f"| council: {role} | {t / n * 1000:.1f} | {t / total:.0%} |")
+    print(f"| **council, all processes** | **{total / n * 1000:.1f}** | |")
+    print(f"| members directly (this process: generating only) | {mine / n * 1000:.1f} | |")
+    print(f"| members directly, everything else on the machine (Ray idle) | "
+          f"{(sum(direct.values()) - mine) / n * 1000:.1f} | |")  # fmt: skip
+    if total > 0 and mine > 0:
+        cores = os.cpu_count() or 1
+        cap, got, direct_q = (
+            cores * n / total,
+            thr[("council (batched)", top)],
+            thr[("members directly (batched)", top)],
+        )
+        print(
+            f"\nThe council spends {total / mine:.1f}× the members' CPU per question. On {cores} cores that caps it at "
+            f"{cap:.1f} q/s (measured {got:.1f}), {cap / direct_q:.2f}× the members directly ({direct_q:.1f} q/s); "
+            f"embedding the answers alone costs {emb / n * 1000:.1f} ms per question, the generating "
+            f"{gen / n * 1000:.1f} ms."
+        )
 
 
 if __name__ == "__main__":

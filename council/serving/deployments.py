@@ -75,7 +75,10 @@ class SpecialistServer:
         self._running: dict[int, float] = {}
         self._running_lock = threading.Lock()
         self._tickets = itertools.count()
-        self._stats = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0}
+        self._stats = {
+            "requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0,
+            "generate_cpu_ms": 0, "embed_cpu_ms": 0,
+        }  # fmt: skip
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
         self._gate = PassGate()
@@ -138,7 +141,10 @@ class SpecialistServer:
         try:
             if self.fault.hang_s:
                 time.sleep(self.fault.hang_s)
-            return self._embed_answers(self.specialist.generate_batch(items))
+            cpu = time.thread_time()
+            generations = self.specialist.generate_batch(items)
+            self._stats["generate_cpu_ms"] += round((time.thread_time() - cpu) * 1000)
+            return self._embed_answers(generations)
         finally:
             with self._running_lock:
                 del self._running[ticket]
@@ -150,7 +156,9 @@ class SpecialistServer:
         texts = list(dict.fromkeys(t for t in (g.text.strip() for g in generations) if not is_unknown(t)))
         if not texts:
             return generations
+        cpu = time.thread_time()
         vectors = dict(zip(texts, self.answer_embedder.embed(texts).tolist(), strict=True))
+        self._stats["embed_cpu_ms"] += round((time.thread_time() - cpu) * 1000)
         self._stats["embedded"] += len(texts)
         return [
             dataclasses.replace(g, embedding=tuple(vectors[t])) if (t := g.text.strip()) in vectors else g
@@ -179,7 +187,8 @@ class SpecialistServer:
         self._suspect = None
 
     def stats(self) -> dict[str, int]:
-        """Counters of this replica: requests, errors, cancelled, batches run, the largest batch, answers embedded."""
+        """Counters of this replica: requests, errors, cancelled, batches run, the largest batch, answers embedded,
+        and the CPU milliseconds its forward-pass threads spent generating and embedding answers."""
         return dict(self._stats)
 
     def info(self) -> dict[str, Any]:

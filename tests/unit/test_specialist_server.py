@@ -36,6 +36,9 @@ async def test_answers_come_with_their_embedding_in_one_pass_per_batch(tmp_path:
     np.testing.assert_allclose(np.array([g.embedding for g in embedded]), expected, atol=1e-5)
     stats = server.stats()
     assert stats["embedded"] == len({g.text.strip() for g in embedded}) and stats["batches"] < 4
+    # CPU time of the forward-pass threads, split between generating and embedding (ms, whole numbers).
+    assert stats["generate_cpu_ms"] > 0 and stats["embed_cpu_ms"] > 0, stats
+    assert plain.stats()["embed_cpu_ms"] == 0 and plain.stats()["generate_cpu_ms"] > 0
 
 
 async def test_two_servers_in_one_process_each_answer_with_their_own_model(tmp_path: Path) -> None:
