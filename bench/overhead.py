@@ -31,6 +31,12 @@ from ray import serve  # noqa: E402
 
 from council.serving.deployments import SpecialistServer  # noqa: E402
 
+SERVE_THROUGHPUT_MODE = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+}
+
 noop_api = FastAPI()
 
 
@@ -310,11 +316,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="hidden size of each random GPT-2 member (64: 0.14M parameters; 384 x 6 layers: MiniLM's size)",
     )
     p.add_argument("--slow-member-s", type=float, default=1.0, help="delay of the slow member in the early-exit rows")
+    p.add_argument(
+        "--serve-throughput-optimized",
+        action="store_true",
+        help="start Ray with Serve's throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, user "
+        "code on the replica's loop); the driver keeps its router loop (council.Client's sync calls need it) and "
+        "no ingress opens ports of its own (direct ingress off)",
+    )
     p.add_argument("--quick", action="store_true", help="small samples: about two minutes")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines show as they happen
     if args.quick:
         args.requests, args.warmup, args.load = 20, 3, 96
+    if args.serve_throughput_optimized and any(os.environ.get(k) != v for k, v in SERVE_THROUGHPUT_MODE.items()):
+        # Serve reads these when it is imported (this module imported it already) and every Ray process started
+        # below inherits them: start again with them set.
+        os.environ.update(SERVE_THROUGHPUT_MODE)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     import ray
     import torch
 
@@ -509,7 +527,8 @@ def report(
         if args.config
         else f"random GPT-2 members ({args.member_layers} layers x {args.member_width})"
     )
-    print(f"k={args.k} {what}, {args.new_tokens} new tokens each, retrieval off, one run, "
+    mode = "Serve throughput mode" if args.serve_throughput_optimized else "Serve defaults"
+    print(f"k={args.k} {what}, {args.new_tokens} new tokens each, retrieval off, {mode}, one run, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f} over the last 5 minutes\n")  # fmt: skip
     print(f"| sequential latency ({args.requests} requests) | p50 ms | p95 ms |\n|---|---:|---:|")
     for name, xs in lat.items():
