@@ -7,7 +7,7 @@ STAMP := $(VENV)/.council-installed
 # the install step keeps it (see README, "GPU install").
 TORCH_SPEC ?= torch==2.13.0
 # Ray tests on 2 shared cores can lose a race to start-up (ports, agents); one rerun of a failed test tells a
-# flake from a bug, and `--reruns` is reported in the summary, so a rerun is never silent.
+# flake from a bug. A rerun is never silent: it shows as R, and tests/conftest.py prints why its first try failed.
 PYTEST_ARGS ?= -rfE --reruns 1 --reruns-delay 5
 
 .PHONY: demo test install lint bench clean
