@@ -149,14 +149,14 @@ def ask_options(config: dict[str, Any]) -> dict[str, Any]:
     return {"use_retrieval": False, "specialists": [s["name"] for s in config["specialists"]], "early_exit": False}
 
 
-def replica_stats(app: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+async def replica_stats(app: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`stats()` of each member's replica and of the ingress (which embeds questions and answers) in one app."""
     from council.serving.app import INGRESS, specialist_deployment_name
 
     names = {s["name"]: specialist_deployment_name(s["name"]) for s in config["specialists"]}
     names[INGRESS] = INGRESS
     return {
-        key: serve.get_deployment_handle(deployment, app_name=app).stats.remote().result(timeout_s=30)
+        key: await asyncio.wait_for(serve.get_deployment_handle(deployment, app_name=app).stats.remote(), 30)
         for key, deployment in names.items()
     }
 
@@ -215,14 +215,11 @@ def cpu_roles(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
 
 async def member_cpu_ms(app: str, config: dict[str, Any]) -> tuple[int, int]:
     """Generating and answer-embedding CPU ms, summed over the app's member replicas (their forward threads)."""
-    from council.serving.app import specialist_deployment_name
+    from council.serving.app import INGRESS
 
-    gen = emb = 0
-    for s in config["specialists"]:
-        handle = serve.get_deployment_handle(specialist_deployment_name(s["name"]), app_name=app)
-        stats = await handle.stats.remote()
-        gen, emb = gen + stats["generate_cpu_ms"], emb + stats["embed_cpu_ms"]
-    return gen, emb
+    stats = await replica_stats(app, config)
+    members = [s for key, s in stats.items() if key != INGRESS]
+    return sum(s["generate_cpu_ms"] for s in members), sum(s["embed_cpu_ms"] for s in members)
 
 
 def deploy(batched: dict[str, Any], unbatched: dict[str, Any], early: dict[str, Any], slow_s: float, k: int) -> None:
@@ -266,6 +263,11 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
+async def warm_up(ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str], clients: int) -> None:
+    """A few requests at once, so the batch paths have run before a cell is timed."""
+    await asyncio.gather(*(ask(next(prompts)) for _ in range(min(clients, 8))))
+
+
 async def throughput(
     ask: Callable[[str], Awaitable[Any]], prompts: Iterator[str], clients: int, total: int, warm: bool = True
 ) -> float:
@@ -280,7 +282,7 @@ async def throughput(
             await ask(next(prompts))
 
     if warm:
-        await asyncio.gather(*(ask(next(prompts)) for _ in range(min(clients, 8))))  # warm the batch paths
+        await warm_up(ask, prompts, clients)
     t0 = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(clients))), timeout=600)
     return total / (time.perf_counter() - t0)
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Serve reads these when it is imported (this module imported it already) and every Ray process started
         # below inherits them: start again with them set.
         os.environ.update(SERVE_THROUGHPUT_MODE)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        os.execv(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)])
     import ray
     import torch
 
@@ -431,7 +433,7 @@ def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[
     configs = {args.batch_size: config, 1: council_config(models, args, 1, work / "chroma-unbatched")}
     cpu: dict[str, Any] = {}
     thr = asyncio.run(load_cells(args, fresh, clients, configs, opts, loaded, cpu))
-    stats = {app: replica_stats(app, config) for app in ("council", "council_unbatched")}
+    stats = {app: asyncio.run(replica_stats(app, config)) for app in ("council", "council_unbatched")}
     embedding = {app: s.pop(INGRESS) for app, s in stats.items()}
     batches = {(app, name): s for app, members in stats.items() for name, s in members.items()}
     report(args, lat, thr, {"sequential": stages, f"batched, {max(args.clients)} clients": loaded}, cancelled)
@@ -498,11 +500,11 @@ async def load_cells(
                 out[(f"members directly ({tag})", c)] = await throughput(members_directly, prompts, c, args.load)
             else:  # the heaviest batched cell: also where each side's CPU goes
                 app = "council"
-                await asyncio.gather(*(ask(next(prompts)) for _ in range(8)))  # warm-ups outside the window
+                await warm_up(ask, prompts, c)  # warm-ups outside the measured window
                 t0, m0 = cpu_seconds(), await member_cpu_ms(app, configs[batch])
                 out[(f"council ({tag})", c)] = await throughput(ask, prompts, c, args.load, warm=False)
                 t1, m1 = cpu_seconds(), await member_cpu_ms(app, configs[batch])
-                await asyncio.gather(*(members_directly(next(prompts)) for _ in range(8)))
+                await warm_up(members_directly, prompts, c)
                 t2 = cpu_seconds()
                 out[(f"members directly ({tag})", c)] = await throughput(
                     members_directly, prompts, c, args.load, warm=False
@@ -593,11 +595,8 @@ def report_cpu(args: argparse.Namespace, cpu: dict[str, Any], thr: dict[tuple[st
           f"{(sum(direct.values()) - mine) / n * 1000:.1f} | |")  # fmt: skip
     if total > 0 and mine > 0:
         cores = os.cpu_count() or 1
-        cap, got, direct_q = (
-            cores * n / total,
-            thr[("council (batched)", top)],
-            thr[("members directly (batched)", top)],
-        )
+        cap = cores * n / total
+        got, direct_q = thr[("council (batched)", top)], thr[("members directly (batched)", top)]
         print(
             f"\nThe council spends {total / mine:.1f}× the members' CPU per question. On {cores} cores that caps it at "
             f"{cap:.1f} q/s (measured {got:.1f}), {cap / direct_q:.2f}× the members directly ({direct_q:.1f} q/s); "
