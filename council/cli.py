@@ -287,35 +287,102 @@ def ingest(
     tenant: Annotated[str, typer.Option(help="The tenant that owns these documents.")] = "public",
     domain: Annotated[str | None, typer.Option(help="Domain tag stored with each chunk.")] = None,
     config: CONFIG = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="COUNCIL_URL",
+            help="A running council that owns the store: send the documents through it (POST /v1/documents). "
+            "Without it the embedded store is opened here, or, when a council server holds it, through "
+            "that server at http://127.0.0.1:8000.",
+        ),
+    ] = None,
     chroma_host: Annotated[str | None, typer.Option(help="A Chroma server instead of the embedded store.")] = None,
     chroma_port: Annotated[int | None, typer.Option(help="The Chroma server's port.")] = None,
 ) -> None:
-    """Chunk, embed and store documents for a tenant (idempotent: re-ingesting adds nothing)."""
+    """Chunk, embed and store documents for a tenant (idempotent: re-ingesting adds nothing).
+
+    An embedded store belongs to one process: while `council serve` (or `serve run`) holds it, the documents
+    go through that server; any other holder is named in the error.
+    """
     files = expand_paths(paths)
     if not files:
         raise CouncilError(f"no .txt, .md or .parquet files under {', '.join(map(str, paths))}")
     retrieval = retrieval_config(config, host=chroma_host, port=chroma_port)
+    if url is not None:
+        _ingest_served(url, files, tenant=tenant, domain=domain, store=None)
+        return
+    from council.backends.store_lock import SERVER_ROLE
+    from council.errors import StoreBusy
 
+    try:
+        _ingest_here(retrieval, files, tenant=tenant, domain=domain)
+    except StoreBusy as busy:
+        holders: Any = busy.details.get("holders") or []
+        if not any(str(h.get("role", "")).startswith(SERVER_ROLE) for h in holders):
+            raise
+        default = "http://127.0.0.1:8000"
+        err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {default}[/]")
+        _ingest_served(default, files, tenant=tenant, domain=domain, store=retrieval.path)
+
+
+def _ingest_here(retrieval: Any, files: list[Path], *, tenant: str, domain: str | None) -> None:
+    """Open the store in this process (locking an embedded folder) and ingest file by file."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from council.backends.chroma import ChromaRetriever
-    from council.backends.embeddings import get_embedder
 
     added = skipped = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("loading the embedder", total=len(files))
-        retriever = ChromaRetriever(retrieval, get_embedder(retrieval.embedder))
-        for f in files:
-            bar.update(task, description=f"ingesting {f.name}")
-            report = retriever.ingest_paths([f], tenant=tenant, domain=domain)
-            added += int(getattr(report, "added", 0))
-            skipped += int(getattr(report, "skipped", 0))
-            bar.advance(task)
+    with console.status("opening the store and loading the embedder"):
+        retriever = ChromaRetriever(retrieval, role="council ingest")  # an embedded folder: locked, or StoreBusy
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("ingesting", total=len(files))
+            for f in files:
+                bar.update(task, description=f"ingesting {f.name}")
+                report = retriever.ingest_paths([f], tenant=tenant, domain=domain)
+                added += report.added
+                skipped += report.skipped
+                bar.advance(task)
+        total = retriever.count()
+    finally:
+        retriever.close()
     where = f"{retrieval.host}:{retrieval.port}" if retrieval.host else retrieval.path
     console.print(
         f"[green]ingested[/] {len(files)} files for tenant {tenant!r}: {added} chunks added, "
-        f"{skipped} already there → {where} ({retriever.count()} chunks in all)",
+        f"{skipped} already there → {where} ({total} chunks in all)",
+        highlight=False,
+    )
+
+
+def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | None, store: str | None) -> None:
+    """Send the files' documents to a running council (POST /v1/documents), in requests under its body limit.
+
+    With `store`, the server must say it serves that embedded folder (GET /v1/status) before anything is sent.
+    """
+    from council.backends.chroma import document_batches
+    from council.client import Client
+
+    with Client(url, timeout_s=300) as client:
+        if store is not None:
+            served = (client.status().get("store") or {}).get("path")
+            if served != store:
+                raise CouncilError(
+                    f"the store {store} is held by a council server, but the council at {url} serves "
+                    f"{served or 'another store'}: give that server's address with --url"
+                )
+        totals = {"added": 0, "skipped": 0, "chunks": 0}
+        per_tenant: dict[str, int] = {}
+        for row_tenant, batch in document_batches(files, tenant=tenant, domain=domain):
+            report = client.ingest(batch, tenant=row_tenant)
+            per_tenant[row_tenant] = per_tenant.get(row_tenant, 0) + len(batch)
+            totals = {k: totals[k] + int(report.get(k, 0)) for k in totals}
+        total = client.status().get("chunks")
+    tenants = ", ".join(f"{t!r} ({n} documents)" for t, n in sorted(per_tenant.items()))
+    console.print(
+        f"[green]ingested[/] {len(files)} files through {url} for {tenants}: {totals['added']} chunks added, "
+        f"{totals['skipped']} already there ({total} chunks in all)",
         highlight=False,
     )
 

@@ -111,7 +111,12 @@ class ChunkingOptions(_Model):
 
 
 class RetrievalConfig(_Model):
-    path: str = Field(".council/chroma", description="Embedded Chroma folder (one process only).")
+    path: str = Field(
+        ".council/chroma",
+        description="Embedded Chroma folder, locked by the one process that opens it (others wait or are refused "
+        "with its name). Made absolute when the config is read: in a YAML file relative to that file's folder, "
+        "else to the working directory (Ray replicas and jobs run in other directories).",
+    )
     host: str | None = Field(None, description="Chroma server host; when set, HttpClient is used instead.")
     port: int = Field(8001, ge=1, le=65535, description="Chroma server port (not 8000: Serve's default).")
     collection: str = Field("council", description="Chroma collection name.")
@@ -140,6 +145,11 @@ class RetrievalConfig(_Model):
         None, description="Allowed tenants; when unset, a tenant is known once it has ingested documents."
     )
     num_cpus: float = Field(0.2, ge=0, description="CPUs for the retrieval replica.")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return str(Path(v).expanduser().resolve())
 
 
 class AggregatorConfig(_Model):
@@ -219,11 +229,18 @@ class CouncilConfig(_Model):
 
 
 def resolve_paths(data: Any, base: Path) -> Any:
-    """Make specialists' relative `model`/`adapter` paths absolute when they exist next to the YAML file.
+    """Make specialists' relative `model`/`adapter` paths absolute when they exist next to the YAML file, and
+    a relative `retrieval.path` relative to the file's folder.
 
     Hub ids ("org/name") are left alone unless a folder of that name exists beside the file.
     """
-    if not isinstance(data, dict) or not isinstance(data.get("specialists"), list):
+    if not isinstance(data, dict):
+        return data
+    retrieval = data.get("retrieval")
+    if isinstance(retrieval, dict) and isinstance(retrieval.get("path"), str):
+        store = Path(retrieval["path"]).expanduser()
+        data = {**data, "retrieval": {**retrieval, "path": str(store if store.is_absolute() else base / store)}}
+    if not isinstance(data.get("specialists"), list):
         return data
     specs = []
     for spec in data["specialists"]:

@@ -94,3 +94,10 @@ class BadInputFile(CouncilError):
 
     status = 400
     type = "bad_input_file"
+
+
+class StoreBusy(CouncilError):
+    """An embedded Chroma folder is held by another process (one process only); names that process."""
+
+    status = 409
+    type = "store_busy"

@@ -34,7 +34,8 @@ def build_local_council(
     if retriever is None and with_retrieval:
         from council.backends.chroma import ChromaRetriever
 
-        retriever = ChromaRetriever(config.retrieval, embedder.base)
+        # The council only reads its store: other readers (a batch job's other actors) may open it too.
+        retriever = ChromaRetriever(config.retrieval, embedder.base, read_only=True, role="council (in-process)")
     # Each specialist counts its own tokens: it is its own TokenCounter.
     counters = {name: m for name, m in members.items()}
     aggregator = LocalAggregator(embedder, counters, config.aggregator)  # type: ignore[arg-type]

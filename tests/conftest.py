@@ -1,6 +1,11 @@
-"""Shared test set-up: offline model loading, no telemetry."""
+"""Shared test set-up: offline model loading, no telemetry, and the test run's own Ray token."""
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +13,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _own_ray_token() -> Path:
+    """A Ray auth token for this test run only, in a temp folder; Ray reads it from RAY_AUTH_TOKEN_PATH.
+
+    Ray 2.60's `ray start --head` with RAY_AUTH_MODE=token refuses to start without a token, and a local
+    `ray.init()` creates ~/.ray/auth_token when none exists. Every Ray process of the suite (local Serve, the
+    heads the job tests start, their workers) inherits these variables, so the suite never reads, creates or
+    overwrites the user's ~/.ray/auth_token, and passes on a machine that has none.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="council-ray-auth-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
+
+
+RAY_TOKEN_PATH = _own_ray_token()
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(RAY_TOKEN_PATH)
+os.environ.pop("RAY_AUTH_TOKEN", None)  # a token value in the environment would win over the path
+os.environ["RAY_AUTH_MODE"] = "token"  # production keeps token auth on; so does every test cluster
 
 _config: list[pytest.Config] = []
 

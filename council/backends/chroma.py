@@ -7,13 +7,14 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from council.backends.store_lock import StoreLock
 from council.budget import split_sentences
 from council.config import RetrievalConfig
 from council.errors import BadInputFile, InvalidRequest, UnknownTenant
@@ -178,17 +179,69 @@ def _read_parquet(path: Path, tenant: str, domain: str | None) -> list[_Row]:
     return rows
 
 
+def document_batches(
+    paths: Iterable[str | Path], *, tenant: str, domain: str | None = None, max_bytes: int = 48_000
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The files' documents as (tenant, documents) batches for POST /v1/documents, each under `max_bytes` of
+    text (the server refuses larger bodies). Every file is read and checked first, as `ingest_paths` does; a
+    text longer than `max_bytes` is sent as consecutive whole-sentence pieces of the same source."""
+    check_tenant(tenant)
+    rows: list[_Row] = []
+    for path in _input_files(paths):
+        reader = _read_parquet if path.suffix.lower() in PARQUET_SUFFIXES else _read_text_file
+        rows.extend(reader(path, tenant, domain))
+    batch: list[dict[str, Any]] = []
+    size, current = 0, rows[0].tenant if rows else tenant
+    for row in rows:
+        for piece in _pieces(row.text, max_bytes):
+            doc = {"text": piece, "source": row.source, **({"domain": row.domain} if row.domain else {})}
+            cost = len(piece.encode()) + len(row.source.encode()) + 64
+            if batch and (row.tenant != current or size + cost > max_bytes or len(batch) >= 500):
+                yield current, batch
+                batch, size = [], 0
+            batch.append(doc)
+            size += cost
+            current = row.tenant
+    if batch:
+        yield current, batch
+
+
+def _pieces(text: str, max_bytes: int) -> list[str]:
+    """`text` whole when small enough, else packed whole sentences (a sentence too long is cut at spaces)."""
+    if len(text.encode()) <= max_bytes:
+        return [text]
+    return chunk_text(text, max_bytes // 4)  # up to 4 bytes a character in UTF-8
+
+
 class ChromaRetriever:
     """`Retriever` over one Chroma collection; the tenant filter is always added here, never taken from callers."""
 
-    def __init__(self, config: RetrievalConfig, embedder: Embedder | None = None) -> None:
-        if embedder is None:
-            from council.backends.embeddings import get_embedder
-
-            embedder = get_embedder(config.embedder)
+    def __init__(
+        self,
+        config: RetrievalConfig,
+        embedder: Embedder | None = None,
+        *,
+        read_only: bool = False,
+        lock_wait_s: float = 0.0,
+        role: str | None = None,
+    ) -> None:
+        """Open the collection. An embedded store is locked first (`StoreLock`): exclusively, or shared with
+        other readers when `read_only`; another process holding it raises StoreBusy naming that process,
+        after waiting up to `lock_wait_s` for it to let go. A Chroma server (`config.host`) takes no lock."""
         self.config = config
-        self.embedder = embedder
-        self._client = _connect(config)
+        self._lock: StoreLock | None = None
+        if not config.host:
+            self._lock = StoreLock(config.path, exclusive=not read_only, role=role).acquire(lock_wait_s)
+        try:
+            if embedder is None:
+                from council.backends.embeddings import get_embedder
+
+                embedder = get_embedder(config.embedder)
+            self.embedder = embedder
+            self._client = _connect(config)
+        except BaseException:
+            self._release_lock()
+            raise
         # embedding_function=None: we always pass vectors, so Chroma never loads its default ONNX model.
         self._collection = self._client.get_or_create_collection(
             config.collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
@@ -399,8 +452,16 @@ class ChromaRetriever:
         return len(self._collection.get(where={"tenant": check_tenant(tenant)}, include=[])["ids"])
 
     def close(self) -> None:
-        """Release the client (an embedded store's files can then be opened by another client)."""
-        self._client.close()
+        """Release the client and the store's lock (another process may then open the embedded folder)."""
+        try:
+            self._client.close()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _contains_filter(words: Sequence[str]) -> dict[str, Any] | None:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The packaged demo council: what a job builds when it is given no app and no config.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "demo" / "council.yaml"
+
 # Exit codes: 2 is what argparse uses for a bad command line; a bad input file or config is the same kind
 # of mistake (the caller's to fix, retrying will not help), so it gets the same code.
 EXIT_OK = 0

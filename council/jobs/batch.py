@@ -1,5 +1,6 @@
 """Batch job: a Parquet file of questions -> Parquet parts of council answers via Ray Data; resumable, exactly once.
 
+    python -m council.jobs.batch --input questions.parquet --output answers/    # the `council` app, else the demo
     python -m council.jobs.batch --input questions.parquet --output answers/ --app council
     python -m council.jobs.batch --input questions.parquet --output answers/ --config council.yaml
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 
 from council.errors import ConfigError
 from council.jobs._common import (
+    DEMO_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     add_common_args,
@@ -308,6 +310,9 @@ class Answerer:
 # --- the driver -------------------------------------------------------------------------------------------
 
 
+DEFAULT_APP = "council"  # the app name clusters/local.yaml and `council serve` deploy
+
+
 def _deployed(app: str) -> bool:
     """True when a Serve application named `app` runs on the joined cluster."""
     from ray import serve
@@ -321,15 +326,23 @@ def _deployed(app: str) -> bool:
 
 
 def _choose_backend(args: argparse.Namespace, config: Any) -> tuple[str | None, dict[str, Any] | None]:
-    if args.app and _deployed(args.app):
-        log.info("answering through the deployed Serve app %r", args.app)
-        return args.app, None
-    if config is None:
+    """The deployed app (--app, else one named `council` when running), else a council built in the actors
+    from --config, else the demo council; logs which, and why."""
+    app = args.app or DEFAULT_APP
+    if _deployed(app):
+        log.info("answering through the deployed Serve app %r", app)
+        return app, None
+    if config is None and args.app:
         raise ConfigError(
             f"no Serve app named {args.app!r} is running on this cluster and no --config was given to build "
             "a council in the job's own actors (a job run outside a cluster needs --address auto to see its apps)"
         )
-    log.info("building the council inside %d actor(s) from %s", args.concurrency, args.config)
+    if config is None:
+        log.info("no Serve app named %r is running here and no --config was given: building the demo council "
+                 "(%s) inside %d actor(s)", app, DEMO_CONFIG, args.concurrency)
+        config = load_config(str(DEMO_CONFIG))
+    else:
+        log.info("building the council inside %d actor(s) from %s", args.concurrency, args.config)
     return None, config.model_dump(mode="json")
 
 
@@ -365,9 +378,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--input", required=True, help="Parquet file, or a folder of them, with id and question.")
     p.add_argument("--output", required=True, help="Folder for the answer parts (created; reused to resume).")
-    p.add_argument("--app", default=None, help="Name of a deployed council Serve app to ask through its handle.")
+    p.add_argument("--app", default=None, help="Name of a deployed council Serve app to ask through its handle "
+                   f"(default: {DEFAULT_APP!r} when it is running).")
     p.add_argument("--config", default=None, help="Council YAML: build the council inside the job's actors "
-                   "(used when --app is not given or not deployed).")
+                   "(used when the app is not deployed; default: the demo council).")
     p.add_argument("--batch-size", type=int, default=8, help="Questions per batch, and per output part.")
     p.add_argument("--concurrency", type=int, default=1, help="Actors in the answering pool.")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed).")
@@ -389,8 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything that can be wrong with the caller's files is checked before Ray starts or a byte is written.
     questions = inspect_input(args.input)
     config = load_config(args.config)
-    if args.app is None and config is None:
-        raise ConfigError("give --app NAME (a deployed council) or --config FILE (a council to build)")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise bad_file(out, "the output must be a folder")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from council.agreement import is_unknown
+from council.backends.store_lock import SERVER_ROLE, store_identity
 from council.batching import PassGate
 from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
 from council.errors import InvalidRequest
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from council.agreement import Verdict
 
 log = logging.getLogger(__name__)
+# How long a new retrieval replica waits for the one it replaces to release an embedded store.
+STORE_LOCK_WAIT_S = 90.0
 
 
 class Fault(BaseModel):
@@ -211,7 +214,13 @@ class RetrievalServer:
         from council.backends.embeddings import get_embedder
 
         self.config = RetrievalConfig.model_validate(retrieval)
-        self.retriever = ChromaRetriever(self.config, get_embedder(self.config.embedder))
+        # An embedded folder is this replica's alone: a replacement replica waits for the old one to let go.
+        self.retriever = ChromaRetriever(
+            self.config,
+            get_embedder(self.config.embedder),
+            lock_wait_s=STORE_LOCK_WAIT_S,
+            role=f"{SERVER_ROLE} (Ray Serve RetrievalServer)",
+        )
 
     async def retrieve(
         self,
@@ -381,6 +390,7 @@ class RouterIngress:
             "specialists": [s.name for s in self.config.specialists],
             "deployments": deployments,
             "chunks": chunks,
+            "store": store_identity(self.config.retrieval),
         }
 
 

@@ -35,8 +35,8 @@ def free_port() -> int:
 
 
 def auth_token() -> str:
-    """The cluster's token: `ray start` with RAY_AUTH_MODE=token keeps it in ~/.ray/auth_token."""
-    return (Path.home() / ".ray" / "auth_token").read_text().strip()
+    """The test run's own cluster token (tests/conftest.py writes it; Ray reads RAY_AUTH_TOKEN_PATH)."""
+    return Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
 
 
 def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
