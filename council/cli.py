@@ -293,8 +293,8 @@ def ingest(
             "--url",
             envvar="COUNCIL_URL",
             help="A running council that owns the store: send the documents through it (POST /v1/documents). "
-            "Without it the embedded store is opened here, or, when a council server holds it, through "
-            "that server at http://127.0.0.1:8000.",
+            "Without it the embedded store is opened here, or, when a council server holds it, sent through "
+            "that server at the address of the Serve config (http_options; default http://127.0.0.1:8000).",
         ),
     ] = None,
     chroma_host: Annotated[str | None, typer.Option(help="A Chroma server instead of the embedded store.")] = None,
@@ -308,7 +308,7 @@ def ingest(
     files = expand_paths(paths)
     if not files:
         raise CouncilError(f"no .txt, .md or .parquet files under {', '.join(map(str, paths))}")
-    retrieval = retrieval_config(config, host=chroma_host, port=chroma_port)
+    retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
     if url is not None:
         _ingest_served(url, files, tenant=tenant, domain=domain, store=None)
         return
@@ -321,9 +321,8 @@ def ingest(
         holders: Any = busy.details.get("holders") or []
         if not any(str(h.get("role", "")).startswith(SERVER_ROLE) for h in holders):
             raise
-        default = "http://127.0.0.1:8000"
-        err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {default}[/]")
-        _ingest_served(default, files, tenant=tenant, domain=domain, store=retrieval.path)
+        err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {server_url}[/]")
+        _ingest_served(server_url, files, tenant=tenant, domain=domain, store=retrieval.path)
 
 
 def _ingest_here(retrieval: Any, files: list[Path], *, tenant: str, domain: str | None) -> None:
@@ -387,19 +386,20 @@ def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | No
     )
 
 
-def retrieval_config(config: Path | None, *, host: str | None = None, port: int | None = None) -> Any:
-    """The RetrievalConfig from a council or Serve config file (or the defaults), with host/port overrides."""
-    from council.config import CouncilConfig, RetrievalConfig
+def retrieval_config(config: Path | None, *, host: str | None = None, port: int | None = None) -> tuple[Any, str]:
+    """(RetrievalConfig, the server's URL) of a council or Serve config file — by default the one `council
+    serve` deploys, so ingest and the server agree on the store — with Chroma host/port overrides."""
+    from council.config import CouncilConfig
 
-    retrieval = RetrievalConfig()
-    if config is not None:
-        args, _ = serve_target(config)
-        if "config_dict" in args:
-            retrieval = CouncilConfig.from_dict(args["config_dict"]).retrieval
-        else:
-            retrieval = CouncilConfig.from_yaml(args["config"]).retrieval
+    args, settings = serve_target(config)
+    if "config_dict" in args:
+        retrieval = CouncilConfig.from_dict(args["config_dict"]).retrieval
+    else:
+        retrieval = CouncilConfig.from_yaml(args["config"]).retrieval
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    return retrieval.model_copy(update=updates) if updates else retrieval
+    bind = settings.get("host", "127.0.0.1")
+    url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{settings.get('port', 8000)}"
+    return (retrieval.model_copy(update=updates) if updates else retrieval), url
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -110,12 +111,20 @@ class ChunkingOptions(_Model):
     overlap_sentences: int = Field(0, ge=0, description="Sentences repeated between neighbouring chunks.")
 
 
+def default_store_path() -> str:
+    """$COUNCIL_HOME/chroma, else ~/.council/chroma: one place every process of a user agrees on."""
+    home = os.environ.get("COUNCIL_HOME")
+    return str(Path(home).expanduser() / "chroma" if home else Path.home() / ".council" / "chroma")
+
+
 class RetrievalConfig(_Model):
     path: str = Field(
-        ".council/chroma",
+        default_factory=lambda: default_store_path(),
+        validate_default=True,
         description="Embedded Chroma folder, locked by the one process that opens it (others wait or are refused "
-        "with its name). Made absolute when the config is read: in a YAML file relative to that file's folder, "
-        "else to the working directory (Ray replicas and jobs run in other directories).",
+        "with its name). Default: $COUNCIL_HOME/chroma, else ~/.council/chroma — the same for the CLI, Serve "
+        "replicas and jobs, whatever their working directory. A relative path is made absolute when the config "
+        "is read: in a YAML file relative to that file's folder, else to the working directory.",
     )
     host: str | None = Field(None, description="Chroma server host; when set, HttpClient is used instead.")
     port: int = Field(8001, ge=1, le=65535, description="Chroma server port (not 8000: Serve's default).")

@@ -35,6 +35,10 @@ RAY_TOKEN_PATH = _own_ray_token()
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(RAY_TOKEN_PATH)
 os.environ.pop("RAY_AUTH_TOKEN", None)  # a token value in the environment would win over the path
 os.environ["RAY_AUTH_MODE"] = "token"  # production keeps token auth on; so does every test cluster
+# A config that names no store uses $COUNCIL_HOME/chroma: the suite's own, never the user's ~/.council.
+_COUNCIL_HOME = Path(tempfile.mkdtemp(prefix="council-home-"))
+atexit.register(shutil.rmtree, _COUNCIL_HOME, ignore_errors=True)
+os.environ["COUNCIL_HOME"] = str(_COUNCIL_HOME)
 
 _config: list[pytest.Config] = []
 

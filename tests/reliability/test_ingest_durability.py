@@ -55,19 +55,21 @@ def _corpus(folder: Path) -> Path:
     return folder
 
 
-def _env() -> dict[str, str]:
-    # One torch thread: the cores are shared with the rest of the suite.
+def _env(cwd: Path | None = None) -> dict[str, str]:
+    # One torch thread: the cores are shared with the rest of the suite. The default store: cwd/.council/chroma.
     env = {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if cwd is not None:
+        env["COUNCIL_HOME"] = str(cwd / ".council")
     return {**os.environ, **env}
 
 
 def _ingest(cwd: Path, corpus: Path, *, kill_at_bytes: int | None = None) -> tuple[int, float]:
-    """Run `council ingest` in `cwd` (its store is cwd/.council/chroma); SIGKILL it once the store holds
+    """Run `council ingest` in `cwd` (its default store: cwd/.council/chroma); SIGKILL it once the store holds
     `kill_at_bytes`. Returns (exit code, seconds)."""
     store = cwd / ".council" / "chroma"
     cmd = [str(COUNCIL), "ingest", str(corpus), "--tenant", TENANT]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         if kill_at_bytes is not None:
             while proc.poll() is None and _bytes(store) < kill_at_bytes:

@@ -48,6 +48,7 @@ class App:
     name: str
     url: str
     api_key: str | None = None
+    config_path: Path | None = None  # the council YAML it was built from, when it was built from one
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -172,7 +173,9 @@ def apps(
         ]
     )
     return {
-        "council": App(local_yaml_app["name"], serve_url + local_yaml_app["route_prefix"].rstrip("/")),
+        "council": App(
+            local_yaml_app["name"], serve_url + local_yaml_app["route_prefix"].rstrip("/"), config_path=council_yaml
+        ),
         "guarded": App("council_guarded", serve_url + "/guarded", API_KEY),
     }
 

@@ -16,7 +16,7 @@ KINDS = ("trained", "fresh", "unanswerable")
 
 
 def _demo(cwd: Path, *args: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1", **env}
+    environ = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1", "COUNCIL_HOME": str(cwd / ".council"), **env}
     environ.pop("COUNCIL_API_KEY", None)
     return subprocess.run(
         [str(COUNCIL), "demo", "--once", "--per-kind", "1", *args],
@@ -34,7 +34,7 @@ def _check(out: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_demo_once_in_process(tmp_path: Path) -> None:
-    """The no-Ray path: ingest into ./.council/chroma, load the council in-process, ask each kind."""
+    """The no-Ray path: ingest into the default store ($COUNCIL_HOME/chroma), the council in-process, each kind."""
     out = _demo(tmp_path, "--in-process", timeout=600)
     _check(out)
     assert (tmp_path / ".council" / "chroma").is_dir()

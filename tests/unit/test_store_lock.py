@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from council.backends.store_lock import SERVER_ROLE, StoreLock, owners, store_identity
 from council.config import CouncilConfig, RetrievalConfig
@@ -125,3 +126,22 @@ def test_store_paths_are_absolute_wherever_the_config_is_read(tmp_path: Path, mo
     config = CouncilConfig.from_yaml(folder / "council.yaml")
     assert config.retrieval.path == str(folder / "data" / "chroma")
     assert store_identity(config.retrieval) == {"path": str(folder / "data" / "chroma"), "collection": "council"}
+
+
+def test_cli_ingest_into_a_store_held_by_another_process_names_it(tmp_path: Path, procs: list) -> None:
+    """A holder that is not a council server: `council ingest` refuses, naming it, and writes nothing."""
+    store = tmp_path / "store"
+    procs.append(holder := hold(store, role="someone else"))
+    (tmp_path / "council.yaml").write_text(yaml.safe_dump({
+        "specialists": [{"name": "a", "model": "unused", "description": "d"}], "retrieval": {"path": "store"},
+    }))
+    (tmp_path / "n.txt").write_text("A note for acme.")
+    cli = Path(sys.executable).parent / "council"
+    done = subprocess.run(
+        [str(cli), "ingest", str(tmp_path / "n.txt"), "--tenant", "acme", "--config", str(tmp_path / "council.yaml")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "(store_busy)" in message and f"process {holder.pid}" in message and "someone else" in message, message
+    assert not any(store.glob("*.sqlite3"))  # nothing was written
