@@ -39,7 +39,7 @@ def auth_token() -> str:
     return Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
 
 
-def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def cluster_env(extra: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment for Ray processes: the venv first on PATH (a job's `python` is the cluster's), offline."""
     env = dict(os.environ)
     env.update(
@@ -55,7 +55,8 @@ def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "OMP_NUM_THREADS": "1",
         }
     )
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", *unset):
+        env.pop(name, None)
     env.update(extra or {})
     return env
 
@@ -70,10 +71,12 @@ class RayHead:
     temp_dir: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    token_path: Path | None = None  # where this head's token is, when not the suite's own
 
     def headers(self) -> dict[str, str]:
         """HTTP headers a client needs: the bearer token."""
-        return {"Authorization": f"Bearer {auth_token()}"}
+        token = self.token_path.read_text().strip() if self.token_path else auth_token()
+        return {"Authorization": f"Bearer {token}"}
 
     def job_client(self):  # noqa: ANN201 - JobSubmissionClient, imported lazily
         """A JobSubmissionClient for this head, sending the token."""
@@ -143,6 +146,8 @@ def start_head_once(
     gcs_port: int | None = None,
     extra_args: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    unset_env: tuple[str, ...] = (),
+    token_path: Path | None = None,
 ) -> RayHead:
     """`ray start --head --block` on 127.0.0.1 in its own process group; returns once the job server answers."""
     gcs_port, dash_port = gcs_port or free_port(), free_port()
@@ -163,10 +168,12 @@ def start_head_once(
         "--disable-usage-stats",
         *(extra_args or []),
     ]
-    env = cluster_env(extra_env)
+    env = cluster_env(extra_env, unset_env)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
-    head = RayHead(proc, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir, log_path, env)
+    head = RayHead(
+        proc, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir, log_path, env, token_path
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     last: Exception | None = None
     while time.monotonic() < deadline:

@@ -25,10 +25,17 @@ def test_clusters_local_yaml_points_build_app_at_the_demo_council(local_yaml_app
     assert data["http_options"]["host"] == "127.0.0.1"
 
 
-@pytest.mark.skipif(not (ROOT / "council/demo/council.yaml").exists(), reason="demo council not built yet")
 def test_the_demo_config_builds(local_yaml_app: dict[str, Any]) -> None:
+    """The committed demo council (part of the repo: its absence is a failure) builds into six specialist
+    deployments, each over its own committed checkpoint."""
     app = build_app(local_yaml_app["args"])
-    assert app is not None
+    config, specialists = app._bound_deployment.init_args[:2]  # what the ingress replicas get
+    names = ["finance-1", "finance-2", "legal-1", "legal-2", "medical-1", "medical-2"]
+    assert sorted(specialists) == names
+    assert sorted(s["name"] for s in config["specialists"]) == names
+    for s in config["specialists"]:
+        assert Path(s["model"]) == ROOT / "council" / "demo" / "models" / s["name"]
+        assert (Path(s["model"]) / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(

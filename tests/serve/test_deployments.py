@@ -7,6 +7,8 @@ import asyncio
 import ray
 from ray import serve
 
+from council.backends.transformers import TransformersSpecialist
+from council.config import CouncilConfig
 from tests.serve.conftest import SPECIALISTS, App
 
 
@@ -44,7 +46,12 @@ def test_concurrent_generate_calls_are_batched(council_app: App) -> None:
         return await asyncio.gather(*(handle.generate.remote(f"question {i}", ["a passage"]) for i in range(8)))
 
     generations = asyncio.run(burst())
-    assert len(generations) == 8 and all(g.completion_tokens >= 0 for g in generations)
+    # Batched greedy answers are exactly what the same model gives each question alone, token counts included.
+    assert council_app.config_path is not None
+    alone = TransformersSpecialist(CouncilConfig.from_yaml(council_app.config_path).specialist("finance"))
+    expected = [alone.generate_batch([(f"question {i}", ["a passage"])])[0] for i in range(8)]
+    assert [(g.text, g.completion_tokens) for g in generations] == [(e.text, e.completion_tokens) for e in expected]
+    assert all(1 <= g.completion_tokens <= 8 for g in generations)  # max_new_tokens of the test council
     after = handle.stats.remote().result(timeout_s=30)
     assert after["requests"] - before["requests"] == 8
     assert after["batches"] - before["batches"] < 8, "8 concurrent requests should share forward passes"

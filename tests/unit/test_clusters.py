@@ -82,8 +82,6 @@ def council_of(app: dict[str, Any], where: str) -> CouncilConfig:
     if "config_dict" in args:
         return CouncilConfig.from_dict(args["config_dict"], source=where)
     path = REPO / args["config"]
-    if not path.exists() and args["config"] == "council/demo/council.yaml":
-        pytest.skip(f"{where}: {args['config']} (the trained demo council) is not in the repository yet")
     assert path.exists(), f"{where}: args.config {args['config']!r} does not exist in the repository"
     return CouncilConfig.from_yaml(path)
 

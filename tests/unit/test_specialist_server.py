@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,32 +63,54 @@ async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: 
     config = tiny_specialist_config(
         build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
     )
-    server = SpecialistServer(config.model_dump(), fault={"hang_s": 0.5})  # every pass takes 0.5 s
+    server = SpecialistServer(config.model_dump())
+    # The first forward pass holds until the test lets it go: everything after it arrives during the pass.
+    in_pass, release = threading.Event(), threading.Event()
+    run = server.specialist.generate_batch
+
+    def held_pass(items):  # noqa: ANN001, ANN202 - runs in the replica's worker thread
+        if not in_pass.is_set():
+            in_pass.set()
+            assert release.wait(60), "never released"
+        return run(items)
+
+    server.specialist.generate_batch = held_pass  # type: ignore[method-assign]
     first = asyncio.create_task(server.generate("question 0", []))
-    await asyncio.sleep(0.1)  # its pass is running now
-    later = []
-    for i in range(1, 6):  # each arrives well after the 10 ms batch wait of the one before
-        later.append(asyncio.create_task(server.generate(f"question {i}", [])))
-        await asyncio.sleep(0.04)
-    results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
+    await until(in_pass.is_set, "the first pass started")
+    later = [asyncio.create_task(server.generate(f"question {i}", [])) for i in range(1, 6)]
+    await until(lambda: server.stats()["requests"] == 6, "all six requests arrived")
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *later), 60)
     assert all(r.completion_tokens > 0 for r in results)
     stats = server.stats()
     # Without the gate @serve.batch seals a batch 10 ms after its first request: 6 batches of 1.
-    assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] >= 4, stats
+    assert stats["requests"] == 6 and stats["batches"] == 2 and stats["largest_batch"] == 5, stats
 
 
 async def test_a_lone_request_does_not_wait_for_the_batch_window(tmp_path: Path) -> None:
     from council.serving.deployments import SpecialistServer
 
-    config = tiny_specialist_config(
-        build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 2.0}
-    )
+    model = build_tiny_gpt2(tmp_path / "m")
+    config = tiny_specialist_config(model, deployment={"max_batch_size": 8, "batch_wait_timeout_s": 600.0})
     server = SpecialistServer(config.model_dump())
-    await server.generate("warm up", ())
-    t0 = time.perf_counter()
-    await asyncio.wait_for(server.generate("a lone question", ()), 10)
-    assert time.perf_counter() - t0 < 1.5  # the 2 s batch window would have held it
+    # A 10-minute batch window: a lone request that waited for it would run far past these bounds.
+    await asyncio.wait_for(server.generate("warm up", ()), 60)
+    await asyncio.wait_for(server.generate("a lone question", ()), 60)
+    assert server.stats()["batches"] == 2
     # Requests that come together still share the window and one pass.
-    before = server.stats()["batches"]
-    await asyncio.wait_for(asyncio.gather(*(server.generate(f"together {i}", ()) for i in range(4))), 10)
-    assert server.stats()["batches"] - before == 1
+    config = tiny_specialist_config(model, deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.5})
+    server = SpecialistServer(config.model_dump())
+    await asyncio.wait_for(asyncio.gather(*(server.generate(f"together {i}", ()) for i in range(4))), 60)
+    assert server.stats()["batches"] == 1 and server.stats()["largest_batch"] == 4
+
+
+async def until(condition, what: str, limit_s: float = 30.0) -> None:  # noqa: ANN001
+    """Wait (polling the loop) until `condition()` holds; fail naming `what` after `limit_s`."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), limit_s)
+    except TimeoutError:
+        pytest.fail(f"never happened: {what}")
