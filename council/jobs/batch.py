@@ -20,7 +20,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -346,6 +347,29 @@ def _choose_backend(args: argparse.Namespace, config: Any) -> tuple[str | None, 
     return None, config.model_dump(mode="json")
 
 
+def answered_blocks(args: argparse.Namespace, questions: Questions, done: set[str], app: str | None,
+                    config: dict[str, Any] | None) -> Iterator[pa.Table]:
+    """Answered batches as they finish: through the deployed app's handle from this driver, else from the
+    council built in a Ray Data actor pool.
+
+    With an app, its replicas do the work: the driver only reads the (small) question files and sends each
+    batch through the handle, `--concurrency` batches at a time. Ray Data would ask a whole CPU for each of
+    its listing and reading tasks, which a small cluster whose CPUs the council's replicas hold cannot give:
+    the job would wait for them forever.
+    """
+    if app is None:
+        dataset = build_dataset(args, questions, done, app, config)
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        return
+    table = pa.concat_tables([pq.read_table(f, columns=questions.columns) for f in questions.files])
+    if done:
+        table = _drop_answered(table, pa.array(sorted(done)))
+    answerer = Answerer(app, None, args.timeout_s, args.retries)
+    blocks = (table.slice(start, args.batch_size) for start in range(0, table.num_rows, args.batch_size))
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        yield from pool.map(answerer, blocks)
+
+
 def build_dataset(args: argparse.Namespace, questions: Questions, done: set[str], app: str | None,
                   config: dict[str, Any] | None) -> Any:
     """read_parquet -> drop answered ids -> answer in an actor pool (pyarrow batches)."""
@@ -383,7 +407,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="Council YAML: build the council inside the job's actors "
                    "(used when the app is not deployed; default: the demo council).")
     p.add_argument("--batch-size", type=int, default=8, help="Questions per batch, and per output part.")
-    p.add_argument("--concurrency", type=int, default=1, help="Actors in the answering pool.")
+    p.add_argument("--concurrency", type=int, default=1, help="Actors in the answering pool (with a deployed app: "
+                   "batches in flight at once).")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed).")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (with --config on a GPU cluster).")
     p.add_argument("--timeout-s", type=float, default=300.0, help="Longest wait for one answer.")
@@ -420,8 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove_stale_temps(out)
     written, errors, t0 = 0, 0, time.perf_counter()
     first: tuple[float, int] | None = None  # (time, rows) of the first part: the rate after start-up
-    dataset = build_dataset(args, questions, done & input_ids, app, council_config)
-    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in answered_blocks(args, questions, done & input_ids, app, council_config):
         if block.num_rows == 0:
             continue
         table = block.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
