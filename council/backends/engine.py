@@ -42,6 +42,8 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Generate max_tokens whatever the model's end-of-sequence says (stop strings still end it): benchmarks.
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -268,9 +268,11 @@ class TransformersEngine:
 
     @staticmethod
     def _sampling_kwargs(s: Sampling) -> dict[str, Any]:
+        # ignore_eos: min_new_tokens keeps eos from being chosen before max_tokens.
+        extra = {"min_new_tokens": s.max_tokens} if s.ignore_eos else {}
         if s.greedy:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **extra}
+        return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, **extra}
 
     def _pass(
         self, requests: Sequence[EngineRequest], sampling: Sampling, flags: Sequence[threading.Event], streamer: Any

@@ -186,8 +186,10 @@ class VLLMEngine:
             "seed": o.seed,
             "tensor_parallel_size": o.tensor_parallel_size,
             "disable_log_stats": True,
-            # Decoding is the member's config alone: no sampling defaults or extra end tokens from the checkpoint's
-            # generation_config.json (the transformers engine stops at the tokenizer's eos too).
+            # Decoding is the member's config alone: no sampling defaults from the checkpoint's generation_config.json.
+            # (vLLM still ends a request on that file's eos_token_id list, e.g. the demo's [EOS] and "\n"; the
+            # transformers engine ends on the tokenizer's eos only. With a member's stop strings, or ignore_eos,
+            # they agree.)
             "generation_config": "vllm",
         }
         if not cpu:
@@ -347,11 +349,15 @@ class VLLMEngine:
 
         ids = fit_prompt(self.tokens.encode_prompt(request.prompt), self.context_window, request.sampling.max_tokens)
         params = self._params(request.sampling, kind)
+        outputs = engine.generate(
+            TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=self._lora
+        )
         try:
-            async for out in engine.generate(
-                TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=self._lora
-            ):
-                yield out
+            # aclosing: a consumer that stops early closes vLLM's generator now (which aborts the request), not
+            # whenever it is garbage-collected.
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    yield out
         except Exception as e:
             if engine.errored:
                 raise EngineDead(f"engine {self.name} is dead: {type(e).__name__}: {e}") from e
@@ -403,6 +409,7 @@ class VLLMEngine:
             seed=s.seed,
             stop=list(s.stop) or None,
             skip_special_tokens=True,
+            ignore_eos=s.ignore_eos,
             output_kind=kind,
         )
 
