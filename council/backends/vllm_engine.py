@@ -53,13 +53,14 @@ _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMOptions(BaseModel):
-    """`engine_options` of the vLLM engine. Anything else of `AsyncEngineArgs` goes in `engine_args`."""
+    """`engine_options` of the vLLM engine. Anything else of `AsyncEngineArgs` goes in `engine_args`.
+
+    vLLM's `max_model_len` is the member's `context_window` (the budget trims to it), `dtype` its `dtype` and
+    `model` its `model`: they are set in the member's config, not here.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_model_len: int | None = Field(
-        None, ge=16, description="Longest prompt + answer; default: the member's context window."
-    )
     kv_cache_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).")
     cpu_threads_bind: str = Field(
         "nobind",
@@ -181,7 +182,7 @@ class VLLMEngine:
             "model": model,
             "tokenizer": model,
             "dtype": self._dtype(cpu),
-            "max_model_len": o.max_model_len or self.tokens.context_window,
+            "max_model_len": self.tokens.context_window,
             "enforce_eager": cpu if o.enforce_eager is None else o.enforce_eager,
             "seed": o.seed,
             "tensor_parallel_size": o.tensor_parallel_size,
@@ -270,7 +271,7 @@ class VLLMEngine:
 
     @property
     def context_window(self) -> int:
-        return self.options.max_model_len or self.tokens.context_window
+        return self.tokens.context_window
 
     @property
     def default_sampling(self) -> Sampling:

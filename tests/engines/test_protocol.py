@@ -180,7 +180,8 @@ def test_build_engine_refuses_an_unknown_kind(legal: SpecialistConfig) -> None:
     [
         ("vllm", {"kv_cache_gb": 1}, "engine_options.kv_cache_gb"),  # a typo: unknown options are refused
         ("vllm", {"kv_cache_gib": 0}, "engine_options.kv_cache_gib"),
-        ("vllm", {"max_model_len": "long"}, "engine_options.max_model_len"),
+        ("vllm", {"max_num_seqs": "many"}, "engine_options.max_num_seqs"),
+        ("vllm", {"max_model_len": 64}, "engine_options.max_model_len"),  # the member's context_window is that
         ("vllm", {"gpu_memory_utilization": 1.5}, "engine_options.gpu_memory_utilization"),
         ("transformers", {"stuck_after": 5}, "engine_options.stuck_after"),
     ],
