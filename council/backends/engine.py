@@ -246,3 +246,28 @@ def parse_options(model: type[OptionsT], options: Mapping[str, Any] | None, memb
 def replace_sampling(request: EngineRequest, **changes: Any) -> EngineRequest:
     """`request` with some sampling settings changed (same id)."""
     return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, **changes))
+
+
+class EngineSpecialist:
+    """The council's `Specialist` (and `generate_batch`, what SpecialistServer's @serve.batch calls) over an engine:
+    renders the member's prompt with its own template and tokenizer, decodes with its configured settings."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+
+    def request(self, question: str, passages: Sequence[str], **sampling: Any) -> EngineRequest:
+        """The engine request for one question; `sampling` overrides the member's settings (None: keep)."""
+        base = self.engine.default_sampling
+        changes = {k: v for k, v in sampling.items() if v is not None}
+        if "stop" in changes:
+            changes["stop"] = tuple(changes["stop"])
+        return EngineRequest(self.engine.tokens.render_prompt(question, passages), dataclasses.replace(base, **changes))
+
+    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
+        [out] = await self.engine.generate([self.request(question, passages)])
+        return out.to_generation()
+
+    async def generate_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[Generation]:
+        outs = await self.engine.generate([self.request(q, p) for q, p in items])
+        return [o.to_generation() for o in outs]

@@ -233,3 +233,20 @@ async def test_faulty_hang_fails_health_while_wedged(fake: FakeEngine) -> None:
     await wedged.check_health()  # the hang is over
     with pytest.raises(EngineDead, match="unhealthy"):
         await FaultyEngine(fake, {"unhealthy": True}).check_health()
+
+
+async def test_engine_specialist_is_the_councils_specialist(fake: FakeEngine) -> None:
+    from council.backends.engine import EngineSpecialist
+    from council.protocols import Specialist
+
+    member = EngineSpecialist(fake)
+    assert isinstance(member, Specialist) and member.name == "legal-1"
+    req = member.request("who ?", ["p"], max_tokens=2, stop=["x"], temperature=None)
+    assert req.prompt == fake.tokens.render_prompt("who ?", ["p"])
+    assert (req.sampling.max_tokens, req.sampling.stop, req.sampling.greedy) == (2, ("x",), True)
+    g = await member.generate("who ?", [])
+    prompt = fake.tokens.render_prompt("who ?", [])
+    assert g.text == " ".join(prompt.split()[::-1][:8])  # the fake's answer, with the member's 8 tokens
+    assert g.completion_tokens == 8
+    batch = await member.generate_batch([("who ?", []), ("what ?", ["p"])])
+    assert len(batch) == 2
