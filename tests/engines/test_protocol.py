@@ -250,3 +250,14 @@ async def test_engine_specialist_is_the_councils_specialist(fake: FakeEngine) ->
     assert g.completion_tokens == 8
     batch = await member.generate_batch([("who ?", []), ("what ?", ["p"])])
     assert len(batch) == 2
+
+
+def test_engine_modules_import_no_vllm_torch_or_ray() -> None:
+    """vLLM (and torch) load only when an engine starts: the package works without vllm installed."""
+    import subprocess
+    import sys
+
+    mods = "council.backends.engine, council.backends.hf_engine, council.backends.vllm_engine, council.backends.faulty"
+    code = f"import {mods}, sys; print(sorted(m for m in ('vllm', 'torch', 'ray', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
