@@ -1,4 +1,7 @@
-"""The council's Serve deployments as plain classes; `app.py` turns them into deployments and binds them."""
+"""SpecialistServer: one specialist on its own deployment, batching concurrent requests into forward passes.
+
+Plain classes, no decorators: `app.py` turns them into deployments and binds them.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +12,17 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from council.agreement import is_unknown
 from council.batching import PassGate
-from council.config import CouncilConfig, RetrievalConfig, SpecialistConfig
+from council.config import SpecialistConfig
 from council.errors import InvalidRequest
-from council.pipeline import Council
 from council.protocols import Embedder
-from council.serving import metrics
-from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
-from council.types import AskRequest, Chunk, CouncilAnswer, Document, Generation, MemberAnswer, TrimReport
-
-if TYPE_CHECKING:
-    import numpy as np
-    from fastapi import FastAPI
-    from ray.serve.handle import DeploymentHandle
-
-    from council.agreement import Verdict
+from council.types import Generation
 
 log = logging.getLogger(__name__)
 
@@ -201,189 +194,3 @@ class SpecialistServer:
             "context_window": s.context_window,
             "max_new_tokens": s.max_new_tokens,
         }
-
-
-class RetrievalServer:
-    """The document store: embedded Chroma on one node, a Chroma server (HttpClient) when `host` is set."""
-
-    def __init__(self, retrieval: dict[str, Any]) -> None:
-        from council.backends.chroma import ChromaRetriever
-        from council.backends.embeddings import get_embedder
-
-        self.config = RetrievalConfig.model_validate(retrieval)
-        self.retriever = ChromaRetriever(self.config, get_embedder(self.config.embedder))
-
-    async def retrieve(
-        self,
-        question: str,
-        *,
-        tenant: str,
-        top_n: int,
-        query_embedding: Sequence[float] | None = None,
-        documents: Sequence[Document] = (),
-    ) -> list[Chunk]:
-        """The tenant's most relevant chunks; the tenant filter is applied here, never by the caller."""
-        return await self.retriever.retrieve(
-            question, tenant=tenant, top_n=top_n, query_embedding=query_embedding, documents=documents
-        )
-
-    async def ingest_texts(
-        self, docs: Sequence[tuple[str, str]], *, tenant: str, domain: str | None = None
-    ) -> dict[str, int]:
-        """Chunk, embed and store (source, text) pairs for a tenant: {"added", "skipped", "chunks"}."""
-        report = await asyncio.to_thread(self.retriever.ingest_texts, list(docs), tenant=tenant, domain=domain)
-        return dataclasses.asdict(report)
-
-    async def count(self, tenant: str | None = None) -> int:
-        """Chunks in the store, of one tenant or all."""
-        return int(await asyncio.to_thread(self.retriever.count, tenant))
-
-
-class AggregatorServer:
-    """Trimming per member (each member's own tokenizer, no weights) and agreement, vote and abstention."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        from council.aggregator import LocalAggregator
-        from council.backends.embeddings import get_batched_embedder
-        from council.backends.transformers import load_tokenizer_counter
-
-        cfg = CouncilConfig.model_validate(config)
-        counters = {s.name: load_tokenizer_counter(s) for s in cfg.specialists}
-        # Batched: under load the answers of many questions share one MiniLM pass, off the event loop.
-        self.embedder = get_batched_embedder(cfg.retrieval.embedder)
-        self.aggregator = LocalAggregator(self.embedder, counters, cfg.aggregator)
-
-    async def trim(
-        self,
-        question: str,
-        chunks: Sequence[Chunk],
-        members: Sequence[str],
-        *,
-        budget_tokens: int | None,
-        ordering: str,
-        orderings: int,
-    ) -> dict[str, list[tuple[list[str], TrimReport]]]:
-        """Each member's passages in prompt order with its TrimReport, per ordering."""
-        return await self.aggregator.trim(
-            question, chunks, members, budget_tokens=budget_tokens, ordering=ordering, orderings=orderings
-        )
-
-    async def aggregate(self, members: Sequence[MemberAnswer], embeddings: np.ndarray | None = None) -> Verdict:
-        """The council's verdict over the members that answered (their answers' embeddings, if the caller has them)."""
-        return await self.aggregator.aggregate(members, embeddings)
-
-    async def vote(self, answers: Sequence[str], embeddings: np.ndarray | None = None) -> tuple[int, float]:
-        """One member's answers across orderings -> (winner index, consistency)."""
-        return await self.aggregator.vote(answers, embeddings)
-
-    def stats(self) -> dict[str, int]:
-        """Embedding counters of this replica (it embeds only what callers did not embed): texts asked, cache
-        hits, passes run, the largest pass."""
-        return dict(self.embedder.stats)
-
-
-class RouterIngress:
-    """The ingress: routes, retrieves, trims, fans out to the specialists and aggregates, via `Council`.
-
-    The HTTP API (`http.py`) and Serve handle callers use the same methods: `ask`, `models`, `status`.
-    """
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        specialists: dict[str, DeploymentHandle],
-        retriever: DeploymentHandle,
-        aggregator: DeploymentHandle,
-    ) -> None:
-        from council.backends.embeddings import get_batched_embedder
-
-        self.config = CouncilConfig.model_validate(config)
-        self.specialist_handles = dict(specialists)
-        self.retriever_handle = retriever
-        self.retriever = HandleRetriever(retriever)
-        # Batched: concurrent questions share one MiniLM pass (routing and retrieval share each vector).
-        self.embedder = get_batched_embedder(self.config.retrieval.embedder)
-        self.council = Council(
-            self.config,
-            embedder=self.embedder,
-            specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
-            aggregator=HandleAggregator(aggregator),
-            retriever=self.retriever,
-        )
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
-        from council.serving.http import create_app
-
-        return create_app(self)
-
-    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/council by handle: `payload` has the HTTP body's fields; returns CouncilAnswer.to_dict()."""
-        from council.serving.http import parse_ask
-
-        answer = await self.ask_request(parse_ask(payload))
-        return answer.to_dict()
-
-    async def ask_request(self, request: AskRequest) -> CouncilAnswer:
-        """Run the council on a typed request; its outcome is counted in the council's metrics."""
-        from council.serving.http import as_council_error
-
-        t0 = time.perf_counter()
-        try:
-            answer = await self.council.ask(request)
-        except Exception as e:
-            metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
-            raise
-        metrics.record_answer(answer, time.perf_counter() - t0)
-        return answer
-
-    async def ingest(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/documents by handle: store documents for a tenant.
-
-        Returns {"tenant", "documents", "chunks", "added", "skipped"} (re-ingesting adds nothing).
-        """
-        from council.serving.http import parse_ingest
-
-        req = parse_ingest(payload)
-        totals = {"added": 0, "skipped": 0, "chunks": 0}
-        for domain in dict.fromkeys(d.domain for d in req.documents):  # one call per domain, in order
-            docs = [(d.source, d.text) for d in req.documents if d.domain == domain]
-            report = await call(self.retriever_handle, "ingest_texts", docs, tenant=req.tenant, domain=domain)
-            totals = {k: totals[k] + int(report[k]) for k in totals}
-        return {"tenant": req.tenant, "documents": len(req.documents), **totals}
-
-    def stats(self) -> dict[str, int]:
-        """Embedding counters of this replica (questions, and members' answers as they arrive): texts asked,
-        cache hits, MiniLM passes run, the largest pass."""
-        return dict(self.embedder.stats)
-
-    def models(self) -> list[str]:
-        """Model names the council answers to: 'council' and each specialist's name."""
-        return ["council", *(s.name for s in self.config.specialists)]
-
-    async def status(self) -> dict[str, Any]:
-        """Specialists, every deployment's replica states, and the store's chunk count."""
-        app_name = serve.get_replica_context().app_name
-        serve_status = await asyncio.to_thread(serve.status)
-        app = serve_status.applications.get(app_name)
-        deployments = {
-            name: {"status": _name(d.status), "replicas": {_name(k): v for k, v in d.replica_states.items()}}
-            for name, d in (app.deployments.items() if app else ())
-        }
-        try:
-            chunks: int | None = await self.retriever.count()
-        except Exception as e:  # status must answer even when the store does not
-            log.warning("store count failed: %s", e)
-            chunks = None
-        return {
-            "app": app_name,
-            "status": _name(app.status) if app else "UNKNOWN",
-            "specialists": [s.name for s in self.config.specialists],
-            "deployments": deployments,
-            "chunks": chunks,
-        }
-
-
-def _name(state: Any) -> str:
-    """A Serve status enum (or the plain string some versions use) as its name."""
-    return str(getattr(state, "value", state))

@@ -1,0 +1,47 @@
+"""RetrievalServer: the document store's deployment (one per app: an embedded Chroma folder is one process's)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from council.config import RetrievalConfig
+from council.types import Chunk, Document
+
+
+class RetrievalServer:
+    """The document store: embedded Chroma on one node, a Chroma server (HttpClient) when `host` is set."""
+
+    def __init__(self, retrieval: dict[str, Any]) -> None:
+        from council.backends.chroma import ChromaRetriever
+        from council.backends.embeddings import get_embedder
+
+        self.config = RetrievalConfig.model_validate(retrieval)
+        self.retriever = ChromaRetriever(self.config, get_embedder(self.config.embedder))
+
+    async def retrieve(
+        self,
+        question: str,
+        *,
+        tenant: str,
+        top_n: int,
+        query_embedding: Sequence[float] | None = None,
+        documents: Sequence[Document] = (),
+    ) -> list[Chunk]:
+        """The tenant's most relevant chunks; the tenant filter is applied here, never by the caller."""
+        return await self.retriever.retrieve(
+            question, tenant=tenant, top_n=top_n, query_embedding=query_embedding, documents=documents
+        )
+
+    async def ingest_texts(
+        self, docs: Sequence[tuple[str, str]], *, tenant: str, domain: str | None = None
+    ) -> dict[str, int]:
+        """Chunk, embed and store (source, text) pairs for a tenant: {"added", "skipped", "chunks"}."""
+        report = await asyncio.to_thread(self.retriever.ingest_texts, list(docs), tenant=tenant, domain=domain)
+        return dataclasses.asdict(report)
+
+    async def count(self, tenant: str | None = None) -> int:
+        """Chunks in the store, of one tenant or all."""
+        return int(await asyncio.to_thread(self.retriever.count, tenant))
