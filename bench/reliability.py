@@ -25,8 +25,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.tiny builds the tiny models; the scenarios live with the tests
 
-from tests.serve.reliability import harness  # noqa: E402
-from tests.tiny import build_tiny_gpt2  # noqa: E402
+from council.testing import harness  # noqa: E402
+from council.testing.tiny import build_tiny_gpt2  # noqa: E402
 
 
 def _free_port() -> int:

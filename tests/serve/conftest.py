@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.tiny import build_tiny_gpt2
+from council.testing.tiny import build_tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-3f9c2a"
