@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from council.aggregator import LocalAggregator
 from council.agreement import normalise
 from council.backends.embeddings import get_embedder
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, UnknownSpecialist
+from council.local_aggregator import LocalAggregator
 from council.pipeline import Council
 from council.types import AskRequest, Chunk, Document, Generation
+from tests.fakes import WordCounter
 
 
 class ScriptedSpecialist:
@@ -36,22 +37,6 @@ class ScriptedSpecialist:
         if self.error:
             raise RuntimeError(self.error)
         return Generation(self.answer, prompt_tokens=10, completion_tokens=2, latency_s=self.delay_s)
-
-
-class WordCounter:
-    """A TokenCounter over whitespace words with a given window."""
-
-    def __init__(self, context_window: int = 256, max_new_tokens: int = 8):
-        self.context_window, self.max_new_tokens = context_window, max_new_tokens
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_overhead(self) -> int:
-        return 10
-
-    def passage_overhead(self) -> int:
-        return 3
 
 
 class ListRetriever:
@@ -82,7 +67,7 @@ def make_config(n: int = 3, **router: object) -> CouncilConfig:
 
 def make_council(specs: list[ScriptedSpecialist], config: CouncilConfig, window: int = 256, chunks=()) -> Council:
     embedder = get_embedder()
-    counters = {s.name: WordCounter(window) for s in specs}
+    counters = {s.name: WordCounter(window, 8, prompt=10, per_passage=3) for s in specs}
     agg = LocalAggregator(embedder, counters, config.aggregator)
     return Council(
         config,
