@@ -29,19 +29,11 @@ class AggregatorServer:
         self.aggregator = LocalAggregator(self.embedder, counters, cfg.aggregator)
 
     async def trim(
-        self,
-        question: str,
-        chunks: Sequence[Chunk],
-        members: Sequence[str],
-        *,
-        budget_tokens: int | None,
-        ordering: str,
-        orderings: int,
+        self, question: str, chunks: Sequence[Chunk], members: Sequence[str], **options: Any
     ) -> dict[str, list[tuple[list[str], TrimReport]]]:
-        """Each member's passages in prompt order with its TrimReport, per ordering."""
-        return await self.aggregator.trim(
-            question, chunks, members, budget_tokens=budget_tokens, ordering=ordering, orderings=orderings
-        )
+        """Each member's passages in prompt order with its TrimReport, per ordering (`LocalAggregator.trim`'s
+        options: budget_tokens, ordering, orderings)."""
+        return await self.aggregator.trim(question, chunks, members, **options)
 
     async def aggregate(self, members: Sequence[MemberAnswer], embeddings: np.ndarray | None = None) -> Verdict:
         """The council's verdict over the members that answered (their answers' embeddings, if the caller has them)."""

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from council.config import format_validation_error
+from council.config import validated
 from council.errors import InvalidRequest
 from council.types import AskRequest, CouncilAnswer, Document
 
@@ -223,14 +223,9 @@ class Completion:
 # ---------------------------------------------------------------- parsing
 
 
-def parse(model: type[BaseModel], payload: Any, what: str = "request") -> Any:
+def parse(model: type[BaseModel], payload: Any) -> Any:
     """`payload` (decoded JSON) as `model`; InvalidRequest names the first bad field."""
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"{what}: expected a JSON object, got {type(payload).__name__}")
-    try:
-        return model.model_validate(payload)
-    except ValidationError as e:
-        raise InvalidRequest(f"{what}: {format_validation_error(e)}") from None
+    return validated(model, payload, "request", InvalidRequest)
 
 
 def parse_ask(payload: Any) -> AskRequest:

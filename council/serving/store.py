@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from council.config import RetrievalConfig
-from council.types import Chunk, Document
+from council.types import Chunk
 
 
 class RetrievalServer:
@@ -21,19 +21,10 @@ class RetrievalServer:
         self.config = RetrievalConfig.model_validate(retrieval)
         self.retriever = ChromaRetriever(self.config, get_embedder(self.config.embedder))
 
-    async def retrieve(
-        self,
-        question: str,
-        *,
-        tenant: str,
-        top_n: int,
-        query_embedding: Sequence[float] | None = None,
-        documents: Sequence[Document] = (),
-    ) -> list[Chunk]:
-        """The tenant's most relevant chunks; the tenant filter is applied here, never by the caller."""
-        return await self.retriever.retrieve(
-            question, tenant=tenant, top_n=top_n, query_embedding=query_embedding, documents=documents
-        )
+    async def retrieve(self, question: str, **options: Any) -> list[Chunk]:
+        """The tenant's most relevant chunks (`ChromaRetriever.retrieve`'s options: tenant, top_n, query_embedding,
+        documents); the tenant filter is applied here, never by the caller."""
+        return await self.retriever.retrieve(question, **options)
 
     async def ingest_texts(
         self, docs: Sequence[tuple[str, str]], *, tenant: str, domain: str | None = None
