@@ -184,7 +184,7 @@ async def _answer(request: Request, ask: AskRequest) -> CouncilAnswer:
 async def _events(completion: Completion) -> AsyncIterator[str]:
     """Server-sent events: the completion's chunks, then [DONE]."""
     for chunk in completion.chunks():
-        yield f"data: {json.dumps(chunk.model_dump(exclude_unset=True))}\n\n"
+        yield f"data: {json.dumps(chunk.wire())}\n\n"
     yield "data: [DONE]\n\n"
 
 

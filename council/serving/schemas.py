@@ -189,6 +189,13 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
     council: dict[str, Any] | None = None
 
+    def wire(self) -> dict[str, Any]:
+        """The event's JSON: absent parts left out, but `finish_reason` always there (null until the last)."""
+        body = self.model_dump(exclude_none=True)
+        for choice, model in zip(body["choices"], self.choices, strict=True):
+            choice["finish_reason"] = model.finish_reason
+        return body
+
 
 class Completion:
     """One chat answer as OpenAI's wire types: the whole completion, or its chunk stream."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -77,3 +79,32 @@ def test_a_failure_is_counted_once_by_the_http_layer(monkeypatch: pytest.MonkeyP
     assert client.post("/v1/council", content=b"{nope").status_code == 400
     assert _client(FakeIngress()).post("/v1/council", json={"question": "q"}).status_code == 200
     assert counted == [("Overloaded", None), ("InvalidRequest", None), ("answer", "forty two")]
+
+
+def test_chat_streams_openai_chunks_and_ends_with_done() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    r = _client(FakeIngress()).post("/v1/chat/completions", json=body)
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["choices"][0]["index"] == 0 for c in chunks)
+    assert chunks[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    assert "usage" not in chunks[0] and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "forty two"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert chunks[-1]["council"]["answer"] == "forty two"
+
+
+def test_chat_completion_is_the_openai_shape() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}]}
+    completion = _client(FakeIngress()).post("/v1/chat/completions", json=body).json()
+    assert completion["object"] == "chat.completion" and completion["model"] == "council"
+    assert completion["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "forty two"}, "finish_reason": "stop"}
+    ]
+    assert completion["usage"]["total_tokens"] == 5 and completion["council"]["answer"] == "forty two"
+    models = _client(FakeIngress()).get("/v1/models").json()
+    assert models == {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "council"} for m in ("council", "solo")],
+    }
