@@ -102,7 +102,7 @@ def early_exit_config(model: Path, args: argparse.Namespace, store: Path) -> dic
 
 
 def build_models(folder: Path, k: int, config: Path | None, layers: int = 2, width: int = 64) -> list[Path]:
-    """The first k members' checkpoints of a council config, else k random GPT-2s (tests/tiny.py)."""
+    """The first k members' checkpoints of a council config, else k random GPT-2s (council/testing/tiny.py)."""
     if config is not None:
         from council.config import CouncilConfig
 
