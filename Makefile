@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check council tests bench
 	$(VENV)/bin/mypy council
+	$(VENV)/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py

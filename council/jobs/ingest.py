@@ -3,12 +3,13 @@
     python -m council.jobs.ingest docs/ more.parquet --tenant acme --config council.yaml
 
 Three stages. (1) Ray Data tasks read and chunk the files in parallel, with the store's own reader
-(`backends/files.py`) and chunker (`council.retrieval`). (2) The chunks not yet in the store go through an actor pool, each actor holding one MiniLM
-embedder, in batches. (3) The driver hands the files to `ChromaRetriever.ingest_paths` with an embedder that
-answers from the vectors of stage 2: the retriever stays the one place that decides chunks, ids, metadata
-and what is already stored, so a second run adds nothing, and whatever stage 2 did not cover is embedded on
-the spot rather than missed. The driver is the only writer, as an embedded Chroma folder requires; with
-`retrieval.host` set, the store is a Chroma server that any number of jobs and replicas share.
+(`backends/files.py`) and chunker (`council.retrieval`). (2) The chunks not yet in the store go through an
+actor pool, each actor holding one embedder, in batches. (3) The driver hands the files to
+`ChromaRetriever.ingest_paths` with an embedder that answers from the vectors of stage 2: the retriever stays
+the one place that decides chunks, ids, metadata and what is already stored, so a second run adds nothing,
+and whatever stage 2 did not cover is embedded on the spot rather than missed. The driver is the only writer,
+as an embedded Chroma folder requires; with `retrieval.host` set, the store is a Chroma server that any
+number of jobs and replicas share.
 """
 
 from __future__ import annotations
