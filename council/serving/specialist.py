@@ -106,12 +106,6 @@ class SpecialistServer:
             self._in_generate -= 1
         return result
 
-    async def generate_text(self, prompt: str, max_new_tokens: int | None = None) -> Generation:
-        """Complete an already-rendered prompt (not batched; for direct use and benchmarks)."""
-        await self._inject_fault()
-        [generation] = await asyncio.to_thread(self.specialist.generate_texts, [prompt], max_new_tokens=max_new_tokens)
-        return generation
-
     async def _run_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
         """One @serve.batch batch (see __init__): a single forward pass for all of `items`."""
         # A worker thread keeps the replica's event loop free to take the next batch's requests.
@@ -183,14 +177,3 @@ class SpecialistServer:
         """Counters of this replica: requests, errors, cancelled, batches run, the largest batch, answers embedded,
         and the CPU milliseconds its forward-pass threads spent generating and embedding answers."""
         return dict(self._stats)
-
-    def info(self) -> dict[str, Any]:
-        """Name, device and token limits of this replica's model."""
-        s = self.specialist
-        return {
-            "name": self.config.name,
-            "model": self.config.model,
-            "device": str(s.device),
-            "context_window": s.context_window,
-            "max_new_tokens": s.max_new_tokens,
-        }
