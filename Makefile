@@ -58,6 +58,7 @@ test: $(STAMP) $(VLLM_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check council tests bench
 	$(VENV)/bin/mypy council
+	$(VENV)/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py

@@ -3,7 +3,7 @@
     python bench/reliability.py [--load-s 60] [--kills 8] [--rounds 3] [--json figures.json]
 
 Starts a fresh local Ray (loopback only) with tiny random specialists, deploys the two scenario apps of
-tests/serve/reliability/harness.py one after the other, and prints what happened to every request.
+council/testing/harness.py one after the other, and prints what happened to every request.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.tiny builds the tiny models; the scenarios live with the tests
 
-from tests.serve.reliability import harness  # noqa: E402
-from tests.tiny import build_tiny_gpt2  # noqa: E402
+from council.testing import harness  # noqa: E402  (after the environment: it is read at import)
+from council.testing.tiny import build_tiny_gpt2  # noqa: E402
 
 
 def _free_port() -> int:

@@ -126,15 +126,6 @@ def labelled_orderings(
     return out
 
 
-def orderings(chunks: Sequence[Chunk], n: int, *, base: str = "relevance", seed: int = 0) -> list[list[Chunk]]:
-    """`n` distinct permutations of `chunks`, the first being `order(chunks, base)`.
-
-    Fewer come back when fewer distinct permutations exist (e.g. one or two chunks).
-    See `labelled_orderings` for the sequence tried.
-    """
-    return [arranged for _, arranged in labelled_orderings(chunks, n, base=base, seed=seed)]
-
-
 def _cost(counter: TokenCounter, text: str) -> int:
     return counter.count(text) + counter.passage_overhead()
 
@@ -192,22 +183,3 @@ def select(
         trimmed += cost - short_cost
     report = TrimReport(member, budget, used, tuple(whole), tuple(cut), tuple(dropped), "relevance", trimmed)
     return kept, report
-
-
-def trim(
-    chunks: Sequence[Chunk],
-    budget: int,
-    counter: TokenCounter,
-    *,
-    member: str,
-    ordering: str = "relevance",
-    seed: int = 0,
-) -> tuple[list[Chunk], TrimReport]:
-    """Fit relevance-sorted chunks into one member's budget, then arrange them for the prompt.
-
-    Selection is `select` (keep whole, else cut at a sentence boundary, else drop; keep walking);
-    arrangement is `order(kept, ordering, seed=seed)`. A budget <= 0 keeps nothing.
-    """
-    _order_indices(0, ordering, seed)  # refuse an unknown ordering before doing any work
-    kept, report = select(chunks, budget, counter, member=member)
-    return order(kept, ordering, seed=seed), replace(report, ordering=ordering)

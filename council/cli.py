@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from council.backends.files import find_files
 from council.errors import CouncilError
-
-if TYPE_CHECKING:
-    from council.types import CouncilAnswer
+from council.render import render_answer
+from council.serving.lifecycle import block_until_signal, serve_target, start_serve, stop_serve
 
 app = typer.Typer(
     name="council",
@@ -52,151 +50,7 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------- rendering (shared with the demo)
-
-
-def render_answer(answer: CouncilAnswer, *, out: Console | None = None, trims: bool = False) -> None:
-    """Print a CouncilAnswer: members table, the verdict with agreement/entropy/flags, sources, trims."""
-    from rich.table import Table
-
-    out = out or console
-    table = Table(title=None, show_lines=False, expand=False, header_style="bold")
-    for col, kw in [
-        ("member", {}),
-        ("route", {"justify": "right"}),
-        ("answer", {"overflow": "fold"}),
-        ("tokens", {"justify": "right"}),
-        ("latency", {"justify": "right"}),
-        ("error", {}),
-    ]:
-        table.add_column(col, **kw)  # type: ignore[arg-type]
-    for m in answer.members:
-        status = "cancelled" if m.cancelled else (m.error or "")
-        table.add_row(
-            m.name,
-            f"{m.route_score:.2f}",
-            _short(m.answer or "", 60),
-            f"{m.prompt_tokens}+{m.completion_tokens}",
-            f"{m.latency_s * 1000:.0f} ms",
-            f"[red]{_short(status, 40)}[/]" if status else "",
-        )
-    out.print(table)
-    flags = [f for f, on in (("abstained", answer.abstained), ("degraded", answer.degraded)) if on]
-    colour = "yellow" if answer.abstained else "green"
-    out.print(
-        f"[bold {colour}]council:[/] {answer.answer}   [dim]agreement {answer.agreement:.2f} · "
-        f"entropy {answer.entropy:.2f}{' · ' + ', '.join(flags) if flags else ''} · "
-        f"{answer.timings.get('total', 0):.0f} ms[/]",
-        highlight=False,
-    )
-    for c in answer.sources:
-        out.print(f"  [dim]source[/] {c.score:.2f} [cyan]{c.source or c.id}[/] {_short(c.text, 90)}", highlight=False)
-    if trims:
-        for t in answer.trims:
-            out.print(
-                f"  [dim]trim[/] {t.member}: {t.used_tokens}/{t.budget_tokens} tokens, {t.ordering}; kept "
-                f"{len(t.kept)}, cut {len(t.cut)}, dropped {len(t.dropped)}",
-                highlight=False,
-            )
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 # ---------------------------------------------------------------- serving
-
-
-def serve_target(config: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(build_app args, Serve settings: name, route_prefix, host, port) for a council or Serve config file.
-
-    A Serve config (with `applications:`) is read the way `serve run` reads it; a council config is wrapped
-    as `{config: path}`; no file means clusters/local.yaml, else the packaged demo council.
-    """
-    import yaml
-
-    path = config or default_serve_config()
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
-    if not isinstance(data, dict):
-        raise CouncilError(f"{path}: not a readable YAML mapping")
-    if "applications" not in data:
-        return {"config": str(path.resolve())}, {}
-    apps = data.get("applications") or [{}]
-    first = apps[0]
-    args = dict(first.get("args") or {})
-    if isinstance(args.get("config"), str) and not Path(args["config"]).is_absolute():
-        # Serve configs name paths from the repository root (where `serve run` is started).
-        root = path.resolve().parent.parent
-        args["config"] = str(root / args["config"]) if not Path(args["config"]).exists() else args["config"]
-    http = data.get("http_options") or {}
-    settings = {
-        "name": first.get("name"),
-        "route_prefix": first.get("route_prefix"),
-        "host": http.get("host"),
-        "port": http.get("port"),
-    }
-    return args, {k: v for k, v in settings.items() if v is not None}
-
-
-def default_serve_config() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (base / "clusters" / "local.yaml").exists():
-            return base / "clusters" / "local.yaml"
-    return Path(__file__).resolve().parent / "demo" / "council.yaml"
-
-
-def start_serve(
-    args: dict[str, Any], *, name: str = "council", route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
-) -> str:
-    """Start (or join, with RAY_ADDRESS) Ray, deploy the council app, return its URL."""
-    import ray
-    from ray import serve
-
-    from council.serving.app import build_app
-
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the CLI prints what matters itself
-    # A busy small machine can take longer than Ray's default 60 s to register the local node.
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    if not ray.is_initialized():
-        # "local" never joins a stale cluster left in ray_current_cluster; RAY_ADDRESS opts in to joining.
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or "local",
-            log_to_driver=False,
-            include_dashboard=False,
-            namespace="serve",
-            logging_level=logging.WARNING,
-        )
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
-    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
-
-
-def stop_serve() -> None:
-    """Shut Serve and the Ray we started down (quietly: we are on the way out)."""
-    import ray
-    from ray import serve
-
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
-
-
-def block_until_signal() -> None:
-    """Sleep until Ctrl-C or SIGTERM (a backgrounded shell job ignores SIGINT; SIGTERM must stop it too)."""
-    import signal
-    import time
-
-    def _term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()
@@ -255,7 +109,7 @@ def ask(
     if as_json:
         console.print_json(json.dumps(answer.to_dict()))
     else:
-        render_answer(answer, trims=True)
+        render_answer(answer, out=console, trims=True)
 
 
 @app.command()
@@ -305,7 +159,7 @@ def ingest(
     An embedded store belongs to one process: while `council serve` (or `serve run`) holds it, the documents
     go through that server; any other holder is named in the error.
     """
-    files = expand_paths(paths)
+    files = find_files(paths)
     if not files:
         raise CouncilError(f"no .txt, .md or .parquet files under {', '.join(map(str, paths))}")
     retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
@@ -360,7 +214,7 @@ def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | No
 
     With `store`, the server must say it serves that embedded folder (GET /v1/status) before anything is sent.
     """
-    from council.backends.chroma import document_batches
+    from council.backends.files import document_batches
     from council.client import Client
 
     with Client(url, timeout_s=300) as client:
@@ -400,20 +254,6 @@ def retrieval_config(config: Path | None, *, host: str | None = None, port: int 
     bind = settings.get("host", "127.0.0.1")
     url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{settings.get('port', 8000)}"
     return (retrieval.model_copy(update=updates) if updates else retrieval), url
-
-
-def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given, and folders expanded (recursively, sorted) to their .txt/.md/.parquet files."""
-    suffixes = {".txt", ".md", ".markdown", ".parquet"}
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise CouncilError(f"{p}: no such file or folder")
-    return out
 
 
 # ---------------------------------------------------------------- the demo and the jobs

@@ -1,4 +1,5 @@
-"""The Python client: one `Client` over HTTP (outside a cluster) or a Serve handle (inside one)."""
+"""The Python client: one `Client` over HTTP (outside a cluster) or a Serve handle (inside one, see
+`council.serving.app_handle`)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,17 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from council.errors import CouncilError, Overloaded
+from council.errors import CouncilError, Overloaded, Unreachable
 from council.types import AskRequest, CouncilAnswer, Document
+
+if TYPE_CHECKING:
+    from council.serving.app_handle import HandleTransport
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Every AskRequest field but the question is a per-request option of `ask`.
 OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AskRequest)) - {"question"}
-
-
-class Unreachable(CouncilError):
-    """The council could not be reached at all (connection refused, DNS, no such Serve app)."""
-
-    status = 503
-    type = "unreachable"
 
 
 def _error_types() -> dict[str, type[CouncilError]]:
@@ -147,41 +144,6 @@ def _decode(resp: Any) -> Any:
     return body
 
 
-class _Handle:
-    """Serve handle transport: calls RouterIngress methods and unwraps Ray's error wrappers."""
-
-    def __init__(self, handle: Any, timeout_s: float) -> None:
-        self.handle = handle
-        self.timeout_s = timeout_s
-
-    def call(self, method: str, *args: Any) -> Any:
-        try:
-            return getattr(self.handle, method).remote(*args).result(timeout_s=self.timeout_s)
-        except Exception as e:
-            raise _unwrap(e) from None
-
-    async def acall(self, method: str, *args: Any) -> Any:
-        try:
-            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), self.timeout_s)
-        except Exception as e:
-            raise _unwrap(e) from None
-
-
-def _unwrap(e: BaseException) -> BaseException:
-    """A RayTaskError carries the deployment's own exception as `.cause`: return that (nested too)."""
-    seen = 0
-    while getattr(e, "cause", None) is not None and type(e).__name__.startswith("RayTaskError") and seen < 8:
-        e, seen = e.cause, seen + 1  # type: ignore[attr-defined]
-    name = type(e).__name__
-    if name == "BackPressureError":
-        return Overloaded(f"the council is at capacity: {e}", retry_after_s=1.0)
-    if name in {"DeploymentUnavailableError", "RayServeException"}:
-        return Unreachable(str(e))
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or name == "GetTimeoutError":
-        return Unreachable(f"no answer from the council within the timeout: {e}")
-    return e
-
-
 class Client:
     """Ask the council: `Client(url=...)` over HTTP, or `Client.connect()` over a Serve handle in-cluster.
 
@@ -194,7 +156,7 @@ class Client:
         self.url: str | None = url
         self.timeout_s = timeout_s
         self._http: _Http | None = _Http(url, api_key or os.environ.get("COUNCIL_API_KEY"), timeout_s)
-        self._handle: _Handle | None = None
+        self._handle: HandleTransport | None = None
 
     @classmethod
     def connect(cls, app_name: str = "council", *, address: str | None = None, timeout_s: float = 120.0) -> Client:
@@ -202,18 +164,11 @@ class Client:
 
         Without `address`, RAY_ADDRESS or the running cluster ("auto") is used.
         """
-        import ray
-        from ray import serve
+        from council.serving.app_handle import HandleTransport
 
-        if not ray.is_initialized():
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
-        try:
-            handle = serve.get_app_handle(app_name)
-        except Exception as e:  # Serve raises RayServeException for an unknown app
-            raise Unreachable(f"no Serve application named {app_name!r}: {e}") from None
         self = cls.__new__(cls)
         self.url, self.timeout_s, self._http = None, timeout_s, None
-        self._handle = _Handle(handle, timeout_s)
+        self._handle = HandleTransport.connect(app_name, address=address, timeout_s=timeout_s)
         return self
 
     @property

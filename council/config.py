@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from council.errors import ConfigError
+from council.errors import ConfigError, CouncilError
 
+M = TypeVar("M", bound=BaseModel)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -181,12 +182,9 @@ class AggregatorConfig(_Model):
 
 
 class HttpConfig(_Model):
-    host: str = Field("127.0.0.1", description="Bind address; keep it private unless behind a gateway.")
-    port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port.")
+    # Where Serve listens (host, port) and its request timeout are cluster-wide: they belong to the Serve config's
+    # `http_options` (clusters/*.yaml), not to one application's council config.
     max_body_bytes: int = Field(65536, ge=1024, description="Requests with a larger body are refused (413).")
-    request_timeout_s: float = Field(120.0, gt=0, description="Serve's cluster-wide request timeout.")
-    app_name: str = Field("council", description="Serve application name (for handles).")
-    route_prefix: str = Field("/", description="HTTP route prefix of the app.")
 
 
 class CouncilConfig(_Model):
@@ -217,12 +215,7 @@ class CouncilConfig(_Model):
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> CouncilConfig:
         """Validate a dict; a failure raises ConfigError naming each bad field by its dotted path."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+        return validated(cls, data, source, ConfigError)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CouncilConfig:
@@ -261,6 +254,16 @@ def resolve_paths(data: Any, base: Path) -> Any:
                     spec[key] = str((base / value).resolve())
         specs.append(spec)
     return {**data, "specialists": specs}
+
+
+def validated(model: type[M], data: Any, source: str, error: type[CouncilError]) -> M:
+    """`data` (a mapping) as `model`; else `error` whose message starts with `source` and names each bad field."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise error(f"{source}: {format_validation_error(e)}") from None
 
 
 def format_validation_error(e: ValidationError) -> str:

@@ -82,6 +82,13 @@ class Overloaded(CouncilError):
         self.retry_after_s = retry_after_s
 
 
+class Unreachable(CouncilError):
+    """The council could not be reached at all (connection refused, DNS, no such Serve app)."""
+
+    status = 503
+    type = "unreachable"
+
+
 class ModelLoadError(CouncilError):
     """A model or tokenizer could not be loaded from the given path or hub id."""
 

@@ -20,9 +20,9 @@ def build_local_council(
     with_retrieval: bool = True,
 ) -> Council:
     """A Council whose members run in this process. Pass `retriever`/`specialists` to reuse loaded ones."""
-    from council.aggregator import LocalAggregator
     from council.backends.embeddings import get_batched_embedder
     from council.backends.transformers import TransformersSpecialist
+    from council.local_aggregator import LocalAggregator
 
     # Concurrent questions (batch jobs, eval) share MiniLM passes and the cache of recent answers.
     embedder = get_batched_embedder(config.retrieval.embedder)

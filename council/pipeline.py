@@ -15,9 +15,10 @@ import numpy as np
 from council import routing
 from council.agreement import is_unknown, route_weight
 from council.batching import embed_async
-from council.config import NAME_RE, CouncilConfig
+from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
 from council.protocols import Aggregator, Embedder, Retriever, Specialist
+from council.retrieval import check_tenant
 from council.types import ORDERINGS, AskRequest, Chunk, CouncilAnswer, MemberAnswer, TrimReport
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     n = len(config.specialists)
     if req.k is not None and not 1 <= req.k <= n:
         raise InvalidRequest(f"k={req.k} is out of range: the council has {n} specialists, so 1 <= k <= {n}")
-    if not isinstance(req.tenant, str) or not NAME_RE.match(req.tenant):
-        raise InvalidRequest(f"tenant {req.tenant!r} is not a valid tenant name ({NAME_RE.pattern})")
+    check_tenant(req.tenant)
     if req.budget_tokens is not None and req.budget_tokens < 0:
         raise InvalidRequest(f"budget_tokens={req.budget_tokens} must be >= 0")
     if req.ordering is not None and req.ordering not in ORDERINGS:
@@ -172,9 +172,7 @@ class Council:
                 req.question,
                 chunks,
                 decision.chosen,
-                budget_tokens=req.budget_tokens
-                if req.budget_tokens is not None
-                else cfg.aggregator.default_budget_tokens,
+                budget_tokens=req.budget_tokens,  # None: the aggregator's default_budget_tokens
                 ordering=req.ordering or cfg.aggregator.ordering,
                 orderings=req.orderings or cfg.aggregator.orderings,
             )
@@ -184,7 +182,7 @@ class Council:
                 members = await self._fan_out(req, decision.chosen, decision.scores, plans, vectors)
             with watch.stage("aggregate"):
                 answered = [m for m in members if m.ok]
-                quorum = min(cfg.router.quorum, len(decision.chosen))
+                quorum = self._quorum(decision.chosen)
                 if len(answered) < quorum:
                     raise QuorumNotMet(
                         f"{len(answered)} of {len(members)} members answered; the quorum is {quorum}",
@@ -311,7 +309,8 @@ class Council:
     ) -> bool:
         """True when the answers so far already decide the vote, whatever the stragglers say."""
         answered = [m for m in results.values() if m.ok]
-        if len(answered) < self.config.router.quorum:
+        quorum = self._quorum(chosen)
+        if len(answered) < quorum:
             return False
         verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
         if verdict.abstained or verdict.winner is None:
@@ -320,4 +319,8 @@ class Council:
         winners = next(c for c in verdict.clusters if verdict.winner in c)
         share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
         # Share of ALL chosen members' weight: stragglers cannot overturn it.
-        return len(winners) >= self.config.router.quorum and share >= self.config.aggregator.agreement_threshold
+        return len(winners) >= quorum and share >= self.config.aggregator.agreement_threshold
+
+    def _quorum(self, chosen: Sequence[str]) -> int:
+        """The fewest answers the council needs: the configured quorum, capped by how many members were asked."""
+        return min(self.config.router.quorum, len(chosen))

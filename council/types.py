@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Ordering = Literal["relevance", "edges", "reverse", "random"]
 ORDERINGS: tuple[str, ...] = ("relevance", "edges", "reverse", "random")
 
 

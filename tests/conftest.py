@@ -1,4 +1,5 @@
-"""Shared test set-up: offline model loading, no telemetry, and the test run's own Ray token."""
+"""Shared test set-up: offline model loading, no telemetry, the test run's own Ray token and store folder;
+the tiny models every Ray tier deploys."""
 
 import atexit
 import os
@@ -56,3 +57,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     crash = getattr(report.longrepr, "reprcrash", None)
     why = crash.message if crash is not None else str(report.longrepr)[-1000:]
     terminal.write_line(f"\nRERUN {report.nodeid} ({report.when}): {why[:2000]}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three tiny GPT-2 checkpoints (different seeds) saved to disk, loaded through the real path."""
+    from council.testing.tiny import build_tiny_gpt2
+
+    base = tmp_path_factory.mktemp("models")
+    return [build_tiny_gpt2(base / f"gpt2-{seed}", seed=seed) for seed in range(3)]

@@ -1,40 +1,33 @@
-"""Retrieval over Chroma: tenant-isolated chunks, our own embeddings, dense + lexical fused ranking."""
+"""Retrieval over Chroma: tenant-isolated chunks, our own embeddings, dense + lexical candidates.
+
+What a chunk is and how candidates are ranked and filtered is `council.retrieval`'s (pure); this is the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from council import retrieval
+from council.backends.files import SourceText, read_files
 from council.backends.store_lock import StoreLock
-from council.budget import split_sentences
 from council.config import RetrievalConfig
-from council.errors import BadInputFile, InvalidRequest, UnknownTenant
+from council.errors import InvalidRequest, UnknownTenant
 from council.protocols import Embedder
+from council.retrieval import PUBLIC, check_tenant, chunk_id, chunk_text, content_words
 from council.types import Chunk, Document
 
 log = logging.getLogger(__name__)
 
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-PUBLIC = "public"  # always known: a fresh store answers public questions with no passages, not an error
-TEXT_SUFFIXES = (".txt", ".md")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 _WRITE_BATCH = 256
 _LEXICAL_PROBES = 6  # question words searched for verbatim (Chroma's $contains is case-sensitive)
-_STOPWORDS = frozenset(
-    """a an and are as at be by did do does for from had has have he her his how i in is it its of on or our
-    she that the their them they this to was were what when where which who whom whose why will with you your
-    about after before into over under than then there these those can could would should may might""".split()
-)
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -47,170 +40,6 @@ class IngestReport:
 
     def __add__(self, other: IngestReport) -> IngestReport:
         return IngestReport(self.added + other.added, self.skipped + other.skipped, self.chunks + other.chunks)
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One document to ingest, its tenant already validated."""
-
-    tenant: str
-    source: str
-    text: str
-    domain: str | None = None
-
-
-def check_tenant(tenant: str) -> str:
-    """`tenant` if it is a valid tenant name, else InvalidRequest."""
-    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
-        raise InvalidRequest(f"invalid tenant name {tenant!r}: must match {TENANT_RE.pattern}")
-    return tenant
-
-
-def chunk_id(tenant: str, text: str) -> str:
-    """Content address of a chunk within a tenant: re-ingesting the same text adds nothing."""
-    return hashlib.sha256(f"{tenant}\0{text}".encode()).hexdigest()
-
-
-def chunk_text(text: str, max_chars: int, overlap_sentences: int = 0) -> list[str]:
-    """Pack whole sentences into chunks of at most `max_chars`, repeating `overlap_sentences` between them."""
-    sentences = [piece for s in split_sentences(text) for piece in _split_long(s, max_chars)]
-    chunks: list[str] = []
-    current: list[str] = []
-    for sentence in sentences:
-        if current and _joined_len(current + [sentence]) > max_chars:
-            chunks.append(" ".join(current))
-            current = current[-overlap_sentences:] if overlap_sentences else []
-            while current and _joined_len(current + [sentence]) > max_chars:
-                current.pop(0)
-        current.append(sentence)
-    if current:
-        chunks.append(" ".join(current))
-    return chunks
-
-
-def _joined_len(parts: list[str]) -> int:
-    return sum(len(p) for p in parts) + len(parts) - 1
-
-
-def _split_long(sentence: str, max_chars: int) -> list[str]:
-    """A sentence longer than `max_chars` split at spaces (a single overlong word is cut hard)."""
-    pieces: list[str] = []
-    for word in sentence.split():
-        while len(word) > max_chars:
-            pieces.append(word[:max_chars])
-            word = word[max_chars:]
-        if pieces and len(pieces[-1]) + 1 + len(word) <= max_chars:
-            pieces[-1] += " " + word
-        elif word:
-            pieces.append(word)
-    return pieces
-
-
-def content_words(text: str) -> list[str]:
-    """The distinct non-stopword words of `text`, as written, in order."""
-    seen: dict[str, str] = {}
-    for word in _WORD.findall(text):
-        if word.lower() not in _STOPWORDS:
-            seen.setdefault(word.lower(), word)
-    return list(seen.values())
-
-
-def lexical_score(words: Sequence[str], text: str) -> float:
-    """Fraction of `words` (case-insensitive) that occur as words in `text`."""
-    if not words:
-        return 0.0
-    present = {w.lower() for w in _WORD.findall(text)}
-    return sum(w.lower() in present for w in words) / len(words)
-
-
-def _input_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files to ingest: named files as they are, folders searched recursively for text and Parquet."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = (p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("."))
-            files.extend(p for p in found if p.suffix.lower() in TEXT_SUFFIXES + PARQUET_SUFFIXES)
-        elif not path.exists():
-            raise BadInputFile(f"{path}: no such file or folder", details={"file": str(path)})
-        elif path.suffix.lower() not in TEXT_SUFFIXES + PARQUET_SUFFIXES:
-            raise BadInputFile(f"{path}: not a .txt, .md or .parquet file", details={"file": str(path)})
-        else:
-            files.append(path)
-    return files
-
-
-def _read_text_file(path: Path, tenant: str, domain: str | None) -> list[_Row]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputFile(f"{path}: unreadable text file: {e}", details={"file": str(path)}) from e
-    return [_Row(tenant=tenant, source=str(path), text=text, domain=domain)]
-
-
-def _read_parquet(path: Path, tenant: str, domain: str | None) -> list[_Row]:
-    """Rows of a Parquet file: a `text` column; optional `source`, `domain`, `tenant` columns override defaults."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
-        raise BadInputFile(f"{path}: unreadable Parquet file: {e}", details={"file": str(path)}) from e
-    if "text" not in table.column_names:
-        details = {"file": str(path), "column": "text", "columns": table.column_names}
-        raise BadInputFile(f"{path}: missing column 'text' (has {table.column_names})", details=details)
-    columns = {
-        n: table.column(n).to_pylist() for n in ("text", "source", "domain", "tenant") if n in table.column_names
-    }
-
-    def cell(name: str, i: int) -> Any:
-        return columns[name][i] if name in columns else None
-
-    rows = []
-    for i, text in enumerate(columns["text"]):
-        if not text:
-            continue
-        row_tenant = cell("tenant", i) or tenant
-        if not isinstance(row_tenant, str) or not TENANT_RE.match(row_tenant):
-            details = {"file": str(path), "column": "tenant", "row": i}
-            raise BadInputFile(f"{path}: row {i}: invalid tenant {row_tenant!r} in column 'tenant'", details=details)
-        source = cell("source", i) or f"{path}#{i}"
-        rows.append(_Row(tenant=row_tenant, source=str(source), text=str(text), domain=cell("domain", i) or domain))
-    return rows
-
-
-def document_batches(
-    paths: Iterable[str | Path], *, tenant: str, domain: str | None = None, max_bytes: int = 48_000
-) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """The files' documents as (tenant, documents) batches for POST /v1/documents, each under `max_bytes` of
-    text (the server refuses larger bodies). Every file is read and checked first, as `ingest_paths` does; a
-    text longer than `max_bytes` is sent as consecutive whole-sentence pieces of the same source."""
-    check_tenant(tenant)
-    rows: list[_Row] = []
-    for path in _input_files(paths):
-        reader = _read_parquet if path.suffix.lower() in PARQUET_SUFFIXES else _read_text_file
-        rows.extend(reader(path, tenant, domain))
-    batch: list[dict[str, Any]] = []
-    size, current = 0, rows[0].tenant if rows else tenant
-    for row in rows:
-        for piece in _pieces(row.text, max_bytes):
-            doc = {"text": piece, "source": row.source, **({"domain": row.domain} if row.domain else {})}
-            cost = len(piece.encode()) + len(row.source.encode()) + 64
-            if batch and (row.tenant != current or size + cost > max_bytes or len(batch) >= 500):
-                yield current, batch
-                batch, size = [], 0
-            batch.append(doc)
-            size += cost
-            current = row.tenant
-    if batch:
-        yield current, batch
-
-
-def _pieces(text: str, max_bytes: int) -> list[str]:
-    """`text` whole when small enough, else packed whole sentences (a sentence too long is cut at spaces)."""
-    if len(text.encode()) <= max_bytes:
-        return [text]
-    return chunk_text(text, max_bytes // 4)  # up to 4 bytes a character in UTF-8
 
 
 class ChromaRetriever:
@@ -254,7 +83,7 @@ class ChromaRetriever:
     def ingest_texts(self, docs: Iterable[tuple[str, str]], *, tenant: str, domain: str | None = None) -> IngestReport:
         """Chunk, embed and store (source, text) pairs for `tenant`; already stored chunks are skipped."""
         self._require_allowed(check_tenant(tenant))
-        return self._ingest_rows([_Row(tenant=tenant, source=s, text=t, domain=domain) for s, t in docs])
+        return self._ingest_rows([SourceText(tenant=tenant, source=s, text=t, domain=domain) for s, t in docs])
 
     def ingest_paths(self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None) -> IngestReport:
         """Ingest .txt/.md files, Parquet files and folders of them (recursive).
@@ -263,15 +92,12 @@ class ChromaRetriever:
         file and column) leaves the store as it was. A Parquet `tenant` column overrides `tenant` per row.
         """
         self._require_allowed(check_tenant(tenant))
-        rows: list[_Row] = []
-        for path in _input_files(paths):
-            reader = _read_parquet if path.suffix.lower() in PARQUET_SUFFIXES else _read_text_file
-            rows.extend(reader(path, tenant, domain))
+        rows = read_files(paths, tenant, domain)
         for t in sorted({r.tenant for r in rows}):
             self._require_allowed(t)
         return self._ingest_rows(rows)
 
-    def _ingest_rows(self, rows: Sequence[_Row]) -> IngestReport:
+    def _ingest_rows(self, rows: Sequence[SourceText]) -> IngestReport:
         records: dict[str, tuple[str, dict[str, Any]]] = {}
         total = 0
         opts = self.config.chunking
@@ -291,8 +117,15 @@ class ChromaRetriever:
         log.info("ingested %d chunks: %d new, %d already stored", total, added, total - added)
         return IngestReport(added=added, skipped=total - added, chunks=total)
 
+    def stored_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` (chunk ids, see `council.retrieval.chunk_id`) the store already holds."""
+        found: set[str] = set()
+        for start in range(0, len(ids), _WRITE_BATCH):
+            found.update(self._collection.get(ids=list(ids[start : start + _WRITE_BATCH]), include=[])["ids"])
+        return found
+
     def _add_new(self, ids: list[str], records: dict[str, tuple[str, dict[str, Any]]]) -> int:
-        stored = set(self._collection.get(ids=ids, include=[])["ids"])
+        stored = self.stored_ids(ids)
         new = [i for i in ids if i not in stored]
         if new:
             texts = [records[i][0] for i in new]
@@ -339,19 +172,11 @@ class ChromaRetriever:
         words = content_words(question)
         candidates = self._stored_candidates(vector, tenant, 4 * top_n, words)
         candidates += self._ephemeral_candidates(vector, tenant, documents)
-        w = self.config.lexical_weight
-        fused = [replace(c, score=(1 - w) * c.score + w * lexical_score(words, c.text)) for c in candidates]
-        fused.sort(key=lambda c: (-c.score, c.id))
-        return self.relevant(fused[:top_n])
+        return self.relevant(retrieval.fuse(candidates, words, self.config.lexical_weight, top_n))
 
     def relevant(self, ranked: list[Chunk]) -> list[Chunk]:
         """The config's relevance filters (`min_score`, then `score_margin`) over a best-first ranking."""
-        floor = self.config.min_score
-        kept = ranked if floor is None else [c for c in ranked if c.score >= floor]
-        margin = self.config.score_margin
-        if margin is not None and kept:
-            kept = [c for c in kept if c.score >= kept[0].score - margin]
-        return kept
+        return retrieval.relevant(ranked, min_score=self.config.min_score, score_margin=self.config.score_margin)
 
     def _question_vector(self, question: str, query_embedding: Sequence[float] | None) -> np.ndarray:
         if query_embedding is None:
@@ -466,9 +291,7 @@ class ChromaRetriever:
 
 def _contains_filter(words: Sequence[str]) -> dict[str, Any] | None:
     """A Chroma `where_document` matching any of the longest question words in its usual spellings."""
-    longest = sorted((w for w in words if len(w) >= 3), key=len, reverse=True)[:_LEXICAL_PROBES]
-    variants = sorted({v for w in longest for v in (w, w.lower(), w.capitalize())})
-    clauses = [{"$contains": v} for v in variants]
+    clauses = [{"$contains": v} for v in retrieval.probe_words(words, _LEXICAL_PROBES)]
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else {"$or": clauses}

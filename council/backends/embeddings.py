@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 Encode = Callable[[list[str], int], np.ndarray]
 
-_cache: dict[str, MiniLMEmbedder] = {}
+_cache: dict[str, SentenceTransformerEmbedder] = {}
 _cache_lock = threading.Lock()
 
 
@@ -34,7 +34,7 @@ def default_model_path() -> Path:
     return path
 
 
-class MiniLMEmbedder:
+class SentenceTransformerEmbedder:
     """`Embedder` over a sentence-transformers model (folder or hub id): float32, L2-normalised rows, batched."""
 
     def __init__(self, path: str | Path | None = None, *, device: str | None = None, batch_size: int = 64) -> None:
@@ -139,12 +139,12 @@ def _length_chunks(lengths: Sequence[int], batch_size: int, slack: float = 1.25)
     return chunks
 
 
-def get_embedder(path: str | None = None) -> MiniLMEmbedder:
+def get_embedder(path: str | None = None) -> SentenceTransformerEmbedder:
     """The process-wide embedder for `path` (default: bundled MiniLM), loaded on first use."""
     key = path or ""
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = MiniLMEmbedder(path)
+            _cache[key] = SentenceTransformerEmbedder(path)
         return _cache[key]
 
 

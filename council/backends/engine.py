@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 
 from pydantic import BaseModel, ValidationError
 
-from council.config import GenerationOptions, SpecialistConfig, format_validation_error
+from council.config import GenerationOptions, format_validation_error
 from council.errors import ConfigError
 from council.types import Generation
 
@@ -214,22 +214,6 @@ def fit_prompt(ids: list[int], context_window: int, max_tokens: int) -> list[int
 
         raise InvalidRequest(f"max_tokens={max_tokens} leaves no room in a {context_window}-token window")
     return ids if len(ids) <= limit else ids[-limit:]
-
-
-def build_engine(
-    config: SpecialistConfig, kind: str = "transformers", options: Mapping[str, Any] | None = None
-) -> Engine:
-    """The engine `kind` for a member (not started). `options` are that engine's `engine_options`;
-    unknown or bad ones raise ConfigError naming the field."""
-    if kind == "transformers":
-        from council.backends.hf_engine import TransformersEngine
-
-        return TransformersEngine(config, options)
-    if kind == "vllm":
-        from council.backends.vllm_engine import VLLMEngine
-
-        return VLLMEngine(config, options)
-    raise ConfigError(f"specialist {config.name}: engine: unknown engine {kind!r}; known: {list(ENGINE_KINDS)}")
 
 
 def parse_options(model: type[OptionsT], options: Mapping[str, Any] | None, member: str) -> OptionsT:

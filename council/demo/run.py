@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig
 from council.errors import ConfigError
+from council.render import render_answer
+from council.serving.lifecycle import block_until_signal, default_serve_config, serve_target, start_serve, stop_serve
 from council.types import AskRequest, CouncilAnswer
+from council.world.judge import is_correct
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,8 +45,6 @@ class DemoSetup:
 
 def demo_setup(config_path: Path | None) -> DemoSetup:
     """What clusters/local.yaml deploys (the packaged demo council), or the council/Serve config given."""
-    from council.cli import default_serve_config, serve_target
-
     path = config_path or default_serve_config()
     args, settings = serve_target(path)
     if "config_dict" in args:
@@ -109,17 +110,8 @@ def ingest_served(world: World, client: Any, console: Console, batch: int = 100)
     console.print(f"[dim]store: {client.status().get('chunks')} chunks[/]")
 
 
-def is_correct(q: Question, answer: CouncilAnswer) -> bool:
-    """The eval's rule: the gold answer exactly (normalised); for an unanswerable question, an abstention."""
-    from council.jobs.eval import is_correct as judged
-
-    return judged(q, answer)
-
-
 def ask_all(questions: Sequence[Question], ask: Callable[[str], CouncilAnswer], console: Console) -> int:
     """Ask every question, print each answer; returns how many were answered correctly."""
-    from council.cli import render_answer
-
     right = 0
     for i, q in enumerate(questions, 1):
         console.rule(f"[bold]{i}. {q.split}[/] [dim]({KIND_NOTES[q.split]})[/]")
@@ -173,7 +165,6 @@ def _run_in_process(
 def _run_on_serve(
     setup: DemoSetup, world: World, questions: Sequence[Question], console: Console, *, once: bool, port: int | None
 ) -> None:
-    from council.cli import block_until_signal, start_serve, stop_serve
     from council.client import Client
 
     settings = {**setup.settings, **({"port": port} if port else {})}

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,154 +43,10 @@ from council.jobs._common import (
     setup_logging,
     write_parquet_atomic,
 )
+from council.jobs.batch_files import OUTPUT_SCHEMA, Questions, answer_row, answered_ids, inspect_input, shard_id
+from council.serving.ray_errors import transient
 
 log = logging.getLogger("council.jobs.batch")
-
-REQUIRED_COLUMNS = ("id", "question")
-OPTIONAL_COLUMNS = ("tenant", "k")
-PART_GLOB = "part-*.parquet"
-
-MEMBER_TYPE = pa.struct(
-    [
-        ("name", pa.string()),
-        ("route_score", pa.float64()),
-        ("answer", pa.string()),
-        ("error", pa.string()),
-        ("cancelled", pa.bool_()),
-        ("latency_s", pa.float64()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("consistency", pa.float64()),
-    ]
-)
-SOURCE_TYPE = pa.struct(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("tenant", pa.string()),
-        ("domain", pa.string()),
-        ("score", pa.float64()),
-        ("text", pa.string()),
-    ]
-)
-# One explicit schema for every part: parts written by different runs always concatenate.
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("question", pa.string()),
-        ("tenant", pa.string()),
-        ("answer", pa.string()),
-        ("agreement", pa.float64()),
-        ("entropy", pa.float64()),
-        ("abstained", pa.bool_()),
-        ("degraded", pa.bool_()),
-        ("members", pa.list_(MEMBER_TYPE)),
-        ("sources", pa.list_(SOURCE_TYPE)),
-        ("latency_ms", pa.float64()),
-        ("error", pa.string()),
-    ]
-)
-
-# Failures worth another try: the council (or one replica) was busy or restarting, not wrong.
-_TRANSIENT = {
-    "BackPressureError",
-    "Overloaded",
-    "DeploymentUnavailableError",
-    "ActorDiedError",
-    "ActorUnavailableError",
-    "RayActorError",
-}
-
-
-@dataclass(frozen=True)
-class Questions:
-    """What the input holds: its Parquet files, the columns the job reads, and every id."""
-
-    files: list[str]
-    columns: list[str]
-    ids: pa.ChunkedArray
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _check_schema(path: str, schema: pa.Schema) -> None:
-    names = schema.names
-    for col in REQUIRED_COLUMNS:
-        if col not in names:
-            raise bad_file(path, f"missing required column {col!r} (columns: {', '.join(names) or 'none'})", column=col)
-        if not _is_string(schema.field(col).type):
-            raise bad_file(path, f"column {col!r} must be a string column, not {schema.field(col).type}", column=col)
-    if "tenant" in names and not _is_string(t := schema.field("tenant").type):
-        raise bad_file(path, f"column 'tenant' must be a string column, not {t}", column="tenant")
-    if "k" in names and not pa.types.is_integer(t := schema.field("k").type):
-        raise bad_file(path, f"column 'k' must be an integer column, not {t}", column="k")
-
-
-def inspect_input(path: str | Path) -> Questions:
-    """Check the input (one Parquet file or a folder of them) before anything runs or is written.
-
-    Raises BadInputFile naming the file, and the column where one is at fault: unreadable Parquet,
-    a missing or mistyped column, a null or repeated id.
-    """
-    root = Path(path)
-    if not root.exists():
-        raise bad_file(root, "no such file or folder")
-    files = sorted(str(f) for f in root.rglob("*.parquet")) if root.is_dir() else [str(root)]
-    if not files:
-        raise bad_file(root, "the folder holds no .parquet files")
-    id_chunks: list[pa.ChunkedArray] = []
-    present: list[set[str]] = []
-    for f in files:
-        try:
-            schema = pq.read_schema(f)
-            _check_schema(f, schema)
-            id_chunks.append(pq.read_table(f, columns=["id"]).column("id").cast(pa.string()))
-        except (OSError, pa.ArrowException) as e:
-            raise bad_file(f, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
-        present.append(set(schema.names))
-    ids = pa.chunked_array([c for chunk in id_chunks for c in chunk.chunks], type=pa.string())
-    _check_ids(str(root), ids)
-    optional = [c for c in OPTIONAL_COLUMNS if all(c in p for p in present)]
-    return Questions(files=files, columns=[*REQUIRED_COLUMNS, *optional], ids=ids)
-
-
-def _check_ids(path: str, ids: pa.ChunkedArray) -> None:
-    if ids.null_count:
-        raise bad_file(path, f"column 'id' has {ids.null_count} null value(s); every question needs an id", column="id")
-    counts = pc.value_counts(ids)
-    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        sample = ", ".join(repr(v["values"]) for v in repeated.to_pylist()[:5])
-        raise bad_file(
-            path, f"column 'id' repeats {len(repeated)} id(s), e.g. {sample}; ids must be unique", column="id"
-        )
-
-
-def answered_ids(out: Path) -> list[str]:
-    """Every id in the finished parts under `out` (with repeats, so a caller can count them)."""
-    ids: list[str] = []
-    for part in sorted(out.glob(PART_GLOB)):
-        try:
-            ids.extend(pq.read_table(part, columns=["id"]).column("id").to_pylist())
-        except (OSError, pa.ArrowException) as e:
-            raise bad_file(part, f"is not a readable answers part ({e}); move it away to recompute its rows") from None
-    return ids
-
-
-def shard_id(ids: Sequence[str]) -> str:
-    """A part's name: a hash of the ids it holds, so rewriting the same batch replaces, never duplicates."""
-    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-    return digest[:20]
-
-
-def read_answers(out: str | Path) -> pa.Table:
-    """All finished parts under `out` as one table (empty with the output schema when there are none)."""
-    parts = sorted(Path(out).glob(PART_GLOB))
-    if not parts:
-        return OUTPUT_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=OUTPUT_SCHEMA) for p in parts])
 
 
 # --- answering (runs inside Ray Data actors) -------------------------------------------------------------
@@ -201,31 +55,6 @@ def read_answers(out: str | Path) -> pa.Table:
 def _drop_answered(batch: pa.Table, done: pa.Array) -> pa.Table:
     """Rows whose id is not yet in the output."""
     return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
-
-
-def answer_row(row: dict[str, Any], answer: dict[str, Any] | None, error: str | None = None) -> dict[str, Any]:
-    """One output row from an input row and the council's answer dict (or the error that replaced it)."""
-    out: dict[str, Any] = {
-        "id": row["id"],
-        "question": row["question"],
-        "tenant": row.get("tenant") or "public",
-        "error": error,
-    }
-    if answer is None:
-        return {**out, "members": [], "sources": []}
-    members = [{f.name: m.get(f.name) for f in MEMBER_TYPE} for m in answer.get("members", ())]
-    sources = [{f.name: s.get(f.name) for f in SOURCE_TYPE} for s in answer.get("sources", ())]
-    return {
-        **out,
-        "answer": answer.get("answer"),
-        "agreement": answer.get("agreement"),
-        "entropy": answer.get("entropy"),
-        "abstained": answer.get("abstained"),
-        "degraded": answer.get("degraded"),
-        "members": members,
-        "sources": sources,
-        "latency_ms": (answer.get("timings") or {}).get("total"),
-    }
 
 
 def _request(row: dict[str, Any]) -> dict[str, Any]:
@@ -240,10 +69,6 @@ def _describe(e: BaseException) -> str:
     return f"{getattr(e, 'type', type(e).__name__)}: {message}"[:1000]
 
 
-def _transient(e: BaseException) -> bool:
-    return any(cls.__name__ in _TRANSIENT for cls in type(e).__mro__)
-
-
 class Answerer:
     """A Ray Data actor: answers a batch of questions through the deployed app's handle or its own council."""
 
@@ -253,9 +78,9 @@ class Answerer:
         self.handle: Any = None
         self.council: Any = None
         if app is not None:
-            from ray import serve
+            from council.serving.app_handle import app_handle
 
-            self.handle = serve.get_app_handle(app)
+            self.handle = app_handle(app)
         else:
             from council.config import CouncilConfig
             from council.local import build_local_council
@@ -284,7 +109,7 @@ class Answerer:
                 try:
                     results[i] = answer_row(rows[i], call.result(timeout_s=self.timeout_s))
                 except Exception as e:  # a question's failure is recorded in its row, never sinks the batch
-                    if _transient(e) and attempt < self.retries:
+                    if transient(e) and attempt < self.retries:
                         retry.append(i)
                     else:
                         results[i] = answer_row(rows[i], None, _describe(e))
@@ -314,23 +139,13 @@ class Answerer:
 DEFAULT_APP = "council"  # the app name clusters/local.yaml and `council serve` deploy
 
 
-def _deployed(app: str) -> bool:
-    """True when a Serve application named `app` runs on the joined cluster."""
-    from ray import serve
-
-    try:
-        serve.get_app_handle(app)
-    except Exception as e:  # no Serve instance, or no such app: both mean "not deployed here"
-        log.info("no running Serve app %r here (%s)", app, e)
-        return False
-    return True
-
-
 def _choose_backend(args: argparse.Namespace, config: Any) -> tuple[str | None, dict[str, Any] | None]:
     """The deployed app (--app, else one named `council` when running), else a council built in the actors
     from --config, else the demo council; logs which, and why."""
+    from council.serving.app_handle import deployed
+
     app = args.app or DEFAULT_APP
-    if _deployed(app):
+    if deployed(app):
         log.info("answering through the deployed Serve app %r", app)
         return app, None
     if config is None and args.app:

@@ -2,13 +2,14 @@
 
     python -m council.jobs.ingest docs/ more.parquet --tenant acme --config council.yaml
 
-Three stages. (1) Ray Data tasks read and chunk the files in parallel, with the retriever's own `chunk_text`
-and `chunk_id`. (2) The chunks not yet in the store go through an actor pool, each actor holding one MiniLM
-embedder, in batches. (3) The driver hands the files to `ChromaRetriever.ingest_paths` with an embedder that
-answers from the vectors of stage 2: the retriever stays the one place that decides chunks, ids, metadata
-and what is already stored, so a second run adds nothing, and whatever stage 2 did not cover is embedded on
-the spot rather than missed. The driver is the only writer, as an embedded Chroma folder requires; with
-`retrieval.host` set, the store is a Chroma server that any number of jobs and replicas share.
+Three stages. (1) Ray Data tasks read and chunk the files in parallel, with the store's own reader
+(`backends/files.py`) and chunker (`council.retrieval`). (2) The chunks not yet in the store go through an
+actor pool, each actor holding one embedder, in batches. (3) The driver hands the files to
+`ChromaRetriever.ingest_paths` with an embedder that answers from the vectors of stage 2: the retriever stays
+the one place that decides chunks, ids, metadata and what is already stored, so a second run adds nothing,
+and whatever stage 2 did not cover is embedded on the spot rather than missed. The driver is the only writer,
+as an embedded Chroma folder requires; with `retrieval.host` set, the store is a Chroma server that any
+number of jobs and replicas share.
 """
 
 from __future__ import annotations
@@ -28,66 +29,14 @@ from council.jobs._common import EXIT_OK, add_common_args, bad_file, connect_ray
 
 log = logging.getLogger("council.jobs.ingest")
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files to ingest: named files as they are, folders searched recursively for text and Parquet files."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            files.extend(p for p in found if p.suffix.lower() in TEXT_SUFFIXES + PARQUET_SUFFIXES)
-        elif not path.exists():
-            raise bad_file(path, "no such file or folder")
-        elif path.suffix.lower() not in TEXT_SUFFIXES + PARQUET_SUFFIXES:
-            raise bad_file(path, "not a .txt, .md or .parquet file")
-        else:
-            files.append(path)
-    if not files:
-        raise bad_file(", ".join(map(str, paths)), "no .txt, .md or .parquet files there")
-    return files
-
-
-def check_files(files: Sequence[Path]) -> None:
-    """Fail before anything is read into Ray or written to the store: unreadable files, Parquet without `text`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for f in files:
-        if f.suffix.lower() in PARQUET_SUFFIXES:
-            try:
-                names = pq.read_schema(f).names
-            except (OSError, pa.ArrowException) as e:
-                raise bad_file(f, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
-            if "text" not in names:
-                raise bad_file(f, f"missing required column 'text' (columns: {', '.join(names)})", column="text")
-        else:
-            try:
-                f.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise bad_file(f, f"not a readable UTF-8 text file ({e})") from None
-
-
 def file_chunks(item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: one file -> its chunks as rows {id, text}, cut by the retriever's own chunker."""
-    from council.backends.chroma import chunk_id, chunk_text
+    from council.backends.files import read_file
+    from council.retrieval import chunk_id, chunk_text
 
-    path = Path(item["path"])
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path, columns=[c for c in ("text", "tenant") if c in pq.read_schema(path).names])
-        texts = table.column("text").to_pylist()
-        tenants = table.column("tenant").to_pylist() if "tenant" in table.column_names else [None] * len(texts)
-        docs = [(t or tenant, text) for t, text in zip(tenants, texts, strict=True) if text]
-    else:
-        docs = [(tenant, path.read_text(encoding="utf-8"))]
-    for doc_tenant, text in docs:
-        for chunk in chunk_text(str(text), max_chars, overlap):
-            yield {"id": chunk_id(doc_tenant, chunk), "text": chunk}
+    for doc in read_file(Path(item["path"]), tenant, None):
+        for chunk in chunk_text(doc.text, max_chars, overlap):
+            yield {"id": chunk_id(doc.tenant, chunk), "text": chunk}
 
 
 class EmbedActor:
@@ -142,21 +91,6 @@ class PrecomputedEmbedder:
         return np.stack([self.vectors[t] for t in texts]).astype(np.float32, copy=False)
 
 
-def _stored(retriever: Any, ids: list[str]) -> set[str]:
-    """Which of `ids` the store already holds, so they are not embedded again.
-
-    ChromaRetriever has no public "which of these exist" yet; without its collection this returns nothing
-    stored and everything is embedded (the retriever still skips what it holds: correct, only slower).
-    """
-    collection = getattr(retriever, "_collection", None)
-    if collection is None:
-        return set()
-    found: set[str] = set()
-    for start in range(0, len(ids), 256):
-        found.update(collection.get(ids=ids[start : start + 256], include=[])["ids"])
-    return found
-
-
 def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     """The store to write to: the config file's retrieval section (or the defaults), host/port overridden."""
     retrieval = CouncilConfig.from_yaml(args.config).retrieval if args.config else RetrievalConfig()
@@ -191,14 +125,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingest job; returns the process exit code."""
-    from council.backends.chroma import ChromaRetriever, check_tenant
+    from council.backends.chroma import ChromaRetriever
+    from council.backends.files import check_readable, find_files
+    from council.retrieval import check_tenant
 
     args = parse_args(argv)
     setup_logging(args.verbose)
     check_tenant(args.tenant)
     retrieval = retrieval_config(args)
-    files = input_files(args.paths)
-    check_files(files)
+    files = find_files(args.paths)
+    if not files:
+        raise bad_file(", ".join(map(str, args.paths)), "no .txt, .md or .parquet files there")
+    check_readable(files)
     where = f"Chroma server {retrieval.host}:{retrieval.port}" if retrieval.host else f"Chroma folder {retrieval.path}"
     log.info("ingesting %d file(s) for tenant %r into %s", len(files), args.tenant, where)
     connect_ray(args.address)
@@ -207,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only the chunks the store lacks are embedded.
     embedder = PrecomputedEmbedder({}, retrieval.embedder)
     retriever = ChromaRetriever(retrieval, embedder)
-    stored = _stored(retriever, list(chunks))
+    stored = retriever.stored_ids(list(chunks))
     todo = sorted({text for cid, text in chunks.items() if cid not in stored})
     log.info("%d chunk(s) from %d file(s): %d already stored, %d to embed",
              len(chunks), len(files), len(stored), len(todo))

@@ -12,13 +12,10 @@ from ray.serve import Application
 
 from council.config import CouncilConfig, DeploymentOptions, SpecialistConfig, format_validation_error
 from council.errors import ConfigError
-from council.serving.deployments import (
-    AggregatorServer,
-    Fault,
-    RetrievalServer,
-    RouterIngress,
-    SpecialistServer,
-)
+from council.serving.aggregator import AggregatorServer
+from council.serving.ingress import RouterIngress
+from council.serving.specialist import Fault, SpecialistServer
+from council.serving.store import RetrievalServer
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from council.errors import Overloaded
+from council.serving.ray_errors import unwrap
 from council.types import Chunk, Document, Generation, MemberAnswer, TrimReport
 
 if TYPE_CHECKING:
@@ -14,23 +14,6 @@ if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
     from council.agreement import Verdict
-
-
-def unwrap(error: BaseException) -> BaseException:
-    """The exception a deployment really raised: Ray wraps it in a RayTaskError whose `.cause` is the original.
-
-    Serve's BackPressureError (a member's queue is full) becomes Overloaded, which knows its Retry-After.
-    """
-    seen = 0
-    while type(error).__name__.startswith("RayTaskError") and getattr(error, "cause", None) is not None:
-        error = error.cause  # type: ignore[attr-defined]
-        seen += 1
-        if seen > 8:
-            break
-    if type(error).__name__ == "BackPressureError":
-        retry = getattr(error, "retry_after_s", None) or 1.0
-        return Overloaded(f"the council is at capacity: {getattr(error, 'message', error)}", retry_after_s=retry)
-    return error
 
 
 async def call(handle: DeploymentHandle, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -62,11 +45,6 @@ class HandleSpecialist:
     async def generate(self, question: str, passages: Sequence[str]) -> Generation:
         """One answer, batched with concurrent requests on the replica."""
         result: Generation = await call(self.handle, "generate", question, list(passages))
-        return result
-
-    async def generate_text(self, prompt: str, max_new_tokens: int | None = None) -> Generation:
-        """A completion for an already-rendered prompt."""
-        result: Generation = await call(self.handle, "generate_text", prompt, max_new_tokens)
         return result
 
 

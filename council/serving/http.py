@@ -1,4 +1,8 @@
-"""The HTTP API: request schemas, OpenAI-compatible routes, bearer auth and the error mapping; no council logic."""
+"""The HTTP API: routes that map bodies to the ingress and its answers and errors back; no council logic.
+
+Auth and the body-size limit are dependencies, every error family has one exception handler, and each request
+is counted in the council's metrics here, once (handle callers are counted by RouterIngress instead).
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,16 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    field_validator,
-)
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from council.config import NAME_RE, format_validation_error
 from council.errors import (
     CouncilError,
     InvalidRequest,
@@ -35,129 +29,67 @@ from council.errors import (
     Unauthorized,
     UnknownSpecialist,
 )
-from council.serving import metrics
-from council.serving.handles import unwrap
+from council.serving import metrics, ray_errors
+from council.serving.schemas import (
+    AskBody,
+    AskOptions,
+    ChatBody,
+    Completion,
+    IngestBody,
+    ModelCard,
+    ModelList,
+    parse,
+)
 from council.types import AskRequest, CouncilAnswer, Document
-
-if TYPE_CHECKING:
-    from council.serving.deployments import RouterIngress
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "COUNCIL_API_KEY"
 
 
-class _Strict(BaseModel):
-    # Unknown fields are typos; strict types refuse "3" for an int and 1 for a bool.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Ingress(Protocol):
+    """What the HTTP app needs of the council (RouterIngress in a replica; a fake in tests)."""
+
+    async def answer(self, request: AskRequest) -> CouncilAnswer:
+        """Run the council on one request (not counted: the caller counts)."""
+        ...
+
+    async def add_documents(self, tenant: str, documents: Sequence[Document]) -> dict[str, Any]:
+        """Store documents for a tenant; the ingest report."""
+        ...
+
+    def models(self) -> list[str]:
+        """'council' and each specialist's name."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """The app's state."""
+        ...
 
 
-class DocumentIn(_Strict):
-    """An ephemeral (or to-be-ingested) document."""
-
-    text: StrictStr = Field(description="The document's text.")
-    source: StrictStr = Field(default="request", description="Where it came from; shown in `sources`.")
-    domain: StrictStr | None = Field(default=None, description="Optional domain label.")
+# ---------------------------------------------------------------- dependencies
 
 
-class AskOptions(_Strict):
-    """Per-request council options (None: the server's config decides)."""
-
-    k: StrictInt | None = Field(default=None, description="Specialists asked (top-k by route score).")
-    tenant: StrictStr = Field(default="public", description="Whose documents are searched.")
-    budget_tokens: StrictInt | None = Field(default=None, description="Context token budget per member.")
-    ordering: StrictStr | None = Field(default=None, description="Passage order: relevance, edges, reverse, random.")
-    orderings: StrictInt | None = Field(default=None, description="Orderings per member (>1 votes across them).")
-    documents: list[DocumentIn] = Field(default_factory=list, description="Ephemeral documents, this request only.")
-    specialists: list[StrictStr] | None = Field(default=None, description="Ask exactly these specialists.")
-    early_exit: StrictBool | None = Field(default=None, description="Answer once a quorum agrees.")
-    use_retrieval: StrictBool = Field(default=True, description="Search the tenant's store.")
-
-    def to_request(self, question: str, **overrides: Any) -> AskRequest:
-        """The typed AskRequest for `question` with these options."""
-        fields: dict[str, Any] = {
-            "question": question,
-            "k": self.k,
-            "tenant": self.tenant,
-            "budget_tokens": self.budget_tokens,
-            "ordering": self.ordering,
-            "orderings": self.orderings,
-            "early_exit": self.early_exit,
-            "use_retrieval": self.use_retrieval,
-            "documents": tuple(Document(text=d.text, source=d.source, domain=d.domain) for d in self.documents),
-            "specialists": tuple(self.specialists) if self.specialists is not None else None,
-        }
-        return AskRequest(**{**fields, **overrides})
+def _started(request: Request) -> None:
+    request.state.started = time.perf_counter()
 
 
-class AskBody(AskOptions):
-    """POST /v1/council."""
-
-    question: StrictStr = Field(description="The question.")
-
-
-class IngestBody(_Strict):
-    """POST /v1/documents."""
-
-    tenant: StrictStr = Field(default="public", description="Whose store the documents join.")
-    documents: list[DocumentIn] = Field(min_length=1, max_length=1000, description="Documents to store.")
-
-    @field_validator("tenant")
-    @classmethod
-    def _tenant(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"tenant {v!r} is not a valid tenant name ({NAME_RE.pattern})")
-        return v
+def authorized(request: Request) -> None:
+    """With an API key configured, require `Authorization: Bearer <key>` (compared in constant time)."""
+    key: str | None = request.app.state.api_key
+    if not key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # Headers arrive latin-1 decoded; compare the original bytes.
+    given = token.strip().encode("latin-1", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, key.encode("utf-8")):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <COUNCIL_API_KEY>)")
 
 
-class ChatMessage(BaseModel):
-    """One OpenAI chat message; text parts of a list content are joined."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: StrictStr
-    content: StrictStr | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return " ".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class ChatBody(BaseModel):
-    """POST /v1/chat/completions; OpenAI fields we do not use (temperature, ...) are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: StrictStr
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: StrictBool = False
-    council: AskOptions | None = Field(default=None, description="Council options (tenant, k, ...) as an extra field.")
-
-
-def _validate(model: type[BaseModel], payload: Any, what: str) -> Any:
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"{what}: expected a JSON object, got {type(payload).__name__}")
-    try:
-        return model.model_validate(payload)
-    except ValidationError as e:
-        raise InvalidRequest(f"{what}: {format_validation_error(e)}") from None
-
-
-def parse_ask(payload: Any) -> AskRequest:
-    """Validate a POST /v1/council body (a dict) into an AskRequest; InvalidRequest names the bad field."""
-    body: AskBody = _validate(AskBody, payload, "request")
-    return body.to_request(body.question)
-
-
-def parse_ingest(payload: Any) -> IngestBody:
-    """Validate a POST /v1/documents body."""
-    body: IngestBody = _validate(IngestBody, payload, "request")
-    return body
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, read at most `limit` bytes far: 413 beyond, 400 for non-UTF-8 or invalid JSON."""
+async def json_body(request: Request) -> Any:
+    """The body as JSON, read at most `max_body_bytes` far (Starlette has no limit of its own): 413 beyond,
+    400 for non-UTF-8 or invalid JSON."""
+    limit: int = request.app.state.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
@@ -186,6 +118,79 @@ async def read_json(request: Request, limit: int) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- routes
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(_started), Depends(authorized)])
+JsonBody = Annotated[Any, Depends(json_body)]
+
+
+def _ingress(request: Request) -> Ingress:
+    ingress: Ingress = request.app.state.ingress
+    return ingress
+
+
+@router.post("/council")
+async def ask(request: Request, payload: JsonBody) -> Response:
+    body: AskBody = parse(AskBody, payload)
+    answer = await _answer(request, body.to_request(body.question))
+    return JSONResponse(_finite(answer.to_dict()))
+
+
+@router.post("/documents")
+async def ingest(request: Request, payload: JsonBody) -> Response:
+    body: IngestBody = parse(IngestBody, payload)
+    documents = [d.to_document() for d in body.documents]
+    return JSONResponse(await _ingress(request).add_documents(body.tenant, documents))
+
+
+@router.get("/models")
+async def models(request: Request) -> ModelList:
+    return ModelList(data=[ModelCard(id=m) for m in _ingress(request).models()])
+
+
+@router.get("/status")
+async def status(request: Request) -> Response:
+    return JSONResponse(_finite(await _ingress(request).status()))
+
+
+@router.post("/chat/completions")
+async def chat(request: Request, payload: JsonBody) -> Response:
+    body: ChatBody = parse(ChatBody, payload)
+    known = _ingress(request).models()
+    if body.model not in known:
+        raise UnknownSpecialist(f"unknown model {body.model!r}; known: {known}", details={"model": body.model})
+    question = body.question()
+    if not question.strip():
+        raise InvalidRequest("messages: a non-empty user message is required")
+    options = body.council or AskOptions()
+    if body.model == "council":
+        answer = await _answer(request, options.to_request(question))
+        content = answer.answer
+    else:  # one specialist alone
+        answer = await _answer(request, options.to_request(question, specialists=(body.model,), k=None))
+        content = answer.members[0].answer or ""
+    completion = Completion(body.model, answer, content, _finite(answer.to_dict()))
+    if body.stream:
+        return StreamingResponse(_events(completion), media_type="text/event-stream")
+    return JSONResponse(completion.message().model_dump())
+
+
+async def _answer(request: Request, ask: AskRequest) -> CouncilAnswer:
+    answer = await _ingress(request).answer(ask)
+    metrics.record_answer(answer, _elapsed(request))
+    return answer
+
+
+async def _events(completion: Completion) -> AsyncIterator[str]:
+    """Server-sent events: the completion's chunks, then [DONE]."""
+    for chunk in completion.chunks():
+        yield f"data: {json.dumps(chunk.wire())}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------- errors
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/Infinity: they become null rather than a 500 from the encoder."""
     if isinstance(value, float):
@@ -195,6 +200,11 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def _elapsed(request: Request) -> float:
+    started = getattr(request.state, "started", None)
+    return time.perf_counter() - started if started is not None else 0.0
 
 
 def error_response(error: CouncilError) -> Response:
@@ -210,175 +220,77 @@ def error_response(error: CouncilError) -> Response:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-def as_council_error(e: BaseException) -> CouncilError | None:
-    """The council error `e` stands for (unwrapping Ray's wrappers; an unavailable service is Overloaded)."""
-    cause = unwrap(e)
-    if isinstance(cause, CouncilError):
-        return cause
-    if type(cause).__name__ in {"DeploymentUnavailableError", "ReplicaUnavailableError"}:
-        return Overloaded(f"a council service is unavailable: {cause}", retry_after_s=1.0)
-    return None
+def _internal_error(request: Request, error: BaseException) -> Response:
+    """A logged, generic 500: the caller learns an incident id, never the internals."""
+    metrics.record_failure(error, _elapsed(request))
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s", incident, exc_info=error)
+    body = {"error": {"type": "internal_error", "message": f"internal error (incident {incident})"}}
+    return JSONResponse(body, status_code=500)
 
 
-async def guarded(work: Callable[[], Awaitable[Response]]) -> Response:
-    """Run a route: council errors become their JSON error; anything else a logged, generic 500."""
-    t0 = time.perf_counter()
-    try:
-        return await work()
-    except Exception as e:
-        error = as_council_error(e)
-        # Counted once: the ingress has already counted what failed inside the council.
-        metrics.record_failure(e, time.perf_counter() - t0, error)
-        if error is not None:
-            return error_response(error)
-        incident = uuid.uuid4().hex[:12]
-        log.exception("internal error %s", incident)
-        body = {"error": {"type": "internal_error", "message": f"internal error (incident {incident})"}}
-        return JSONResponse(body, status_code=500)
+async def _council_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CouncilError)
+    metrics.record_failure(exc, _elapsed(request))
+    return error_response(exc)
 
 
-def check_auth(request: Request, key: str | None) -> None:
-    """With an API key configured, require `Authorization: Bearer <key>` (compared in constant time)."""
-    if not key:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # Headers arrive latin-1 decoded; compare the original bytes.
-    given = token.strip().encode("latin-1", "replace")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, key.encode("utf-8")):
-        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <COUNCIL_API_KEY>)")
+async def _ray_error(request: Request, exc: Exception) -> Response:
+    error = ray_errors.as_council_error(exc)
+    if error is None:
+        return _internal_error(request, exc)
+    metrics.record_failure(exc, _elapsed(request), error)
+    return error_response(error)
 
 
-def create_app(ingress: RouterIngress) -> FastAPI:
-    """The FastAPI app over one RouterIngress replica."""
-    from starlette.exceptions import HTTPException
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    kind = "not_found" if status == 404 else "method_not_allowed" if status == 405 else "http_error"
+    message = f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}"
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
+
+class _Incidents:
+    """Everything no handler maps becomes `_internal_error` (Starlette's own catch-all would re-raise it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as e:
+            if started:  # a stream already under way cannot become an error response
+                raise
+            await _internal_error(Request(scope), e)(scope, receive, send)
+
+
+def create_app(ingress: Ingress, *, max_body_bytes: int) -> FastAPI:
+    """The FastAPI app over one ingress; COUNCIL_API_KEY (read now) turns bearer auth on."""
     # No schema or docs routes: they would answer without the bearer token.
     app = FastAPI(title="council", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    key = os.environ.get(API_KEY_ENV) or None
-    limit = ingress.config.http.max_body_bytes
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        kind = "not_found" if status == 404 else "method_not_allowed" if status == 405 else "http_error"
-        message = f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}"
-        body = {"error": {"type": kind, "message": message}}
-        return JSONResponse(body, status_code=status)
-
-    app.add_exception_handler(HTTPException, not_found)
+    app.state.ingress = ingress
+    app.state.max_body_bytes = max_body_bytes
+    app.state.api_key = os.environ.get(API_KEY_ENV) or None
+    app.add_exception_handler(CouncilError, _council_error)
+    for family in ray_errors.RAY_ERRORS:
+        app.add_exception_handler(family, _ray_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(_Incidents)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/council")
-    async def ask(request: Request) -> Response:
-        async def work() -> Response:
-            check_auth(request, key)
-            return JSONResponse(_finite(await ingress.ask(await read_json(request, limit))))
-
-        return await guarded(work)
-
-    @app.post("/v1/documents")
-    async def ingest(request: Request) -> Response:
-        async def work() -> Response:
-            check_auth(request, key)
-            return JSONResponse(await ingress.ingest(await read_json(request, limit)))
-
-        return await guarded(work)
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
-        async def work() -> Response:
-            check_auth(request, key)
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "council"} for m in ingress.models()]
-            return JSONResponse({"object": "list", "data": data})
-
-        return await guarded(work)
-
-    @app.get("/v1/status")
-    async def status(request: Request) -> Response:
-        async def work() -> Response:
-            check_auth(request, key)
-            return JSONResponse(_finite(await ingress.status()))
-
-        return await guarded(work)
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        async def work() -> Response:
-            check_auth(request, key)
-            body: ChatBody = _validate(ChatBody, await read_json(request, limit), "request")
-            answer, content = await _chat_answer(ingress, body)
-            completion = Completion(body.model, answer, content)
-            if body.stream:
-                return StreamingResponse(completion.events(), media_type="text/event-stream")
-            return JSONResponse(completion.message())
-
-        return await guarded(work)
-
+    app.include_router(router)
     return app
-
-
-async def _chat_answer(ingress: RouterIngress, body: ChatBody) -> tuple[CouncilAnswer, str]:
-    """Run the council (model 'council') or one specialist alone (model = its name) on the last user message."""
-    known = ingress.models()
-    if body.model not in known:
-        raise UnknownSpecialist(f"unknown model {body.model!r}; known: {known}", details={"model": body.model})
-    users = [m for m in body.messages if m.role == "user"]
-    question = users[-1].text() if users else ""
-    if not question.strip():
-        raise InvalidRequest("messages: a non-empty user message is required")
-    options = body.council or AskOptions()
-    if body.model == "council":
-        answer = await ingress.ask_request(options.to_request(question))
-        return answer, answer.answer
-    answer = await ingress.ask_request(options.to_request(question, specialists=(body.model,), k=None))
-    member = answer.members[0]
-    return answer, member.answer or ""
-
-
-class Completion:
-    """An OpenAI chat.completion (or its chunk stream) carrying the council's report as `council`."""
-
-    def __init__(self, model: str, answer: CouncilAnswer, content: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self.content = content
-        self.report = _finite(answer.to_dict())
-        prompt = sum(m.prompt_tokens for m in answer.members)
-        completion = sum(m.completion_tokens for m in answer.members)
-        self.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def message(self) -> dict[str, Any]:
-        """The non-streaming response body."""
-        choice = {"index": 0, "message": {"role": "assistant", "content": self.content}, "finish_reason": "stop"}
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": self.usage,
-            "council": self.report,
-        }
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def events(self) -> AsyncIterator[str]:
-        """Server-sent events: the role, the answer word by word, a final chunk with the report, [DONE]."""
-        yield self._chunk({"role": "assistant", "content": ""})
-        for piece in re.findall(r"\s*\S+", self.content):
-            yield self._chunk({"content": piece})
-        yield self._chunk({}, "stop", usage=self.usage, council=self.report)
-        yield "data: [DONE]\n\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import Any
@@ -12,9 +11,6 @@ from council.types import CouncilAnswer, MemberAnswer
 
 log = logging.getLogger(__name__)
 
-# Outcomes of one request. An abstention counts as `abstained` even when a member was also lost:
-# the caller got no answer, and `council_degraded` counts the loss on its own.
-OUTCOMES = ("ok", "abstained", "degraded", "refused", "error")
 # Prometheus names, as Ray exports them: `ray_` in front, `_total` after a counter's name.
 REQUESTS = "council_requests"
 REQUEST_LATENCY = "council_request_latency_s"
@@ -31,12 +27,14 @@ TOKENS_TRIMMED = "council_tokens_trimmed"
 _LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 _AGREEMENT = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 _TOKENS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-# Set on an exception once it is counted, so the HTTP layer and the ingress never count it twice.
-_METERED = "_council_metered"
 
 
 def answer_outcome(answer: CouncilAnswer) -> str:
-    """`abstained`, `degraded` (a member failed or timed out) or `ok` for an answered request."""
+    """`abstained`, `degraded` (a member failed or timed out) or `ok` for an answered request.
+
+    An abstention counts as `abstained` even when a member was also lost: the caller got no answer, and
+    `council_degraded` counts the loss on its own.
+    """
     if answer.abstained:
         return "abstained"
     return "degraded" if answer.degraded else "ok"
@@ -114,12 +112,11 @@ class CouncilMetrics:
                 self.tokens_trimmed.inc(t.trimmed_tokens, tags={"member": t.member})
 
     def record_failure(self, error: BaseException, elapsed_s: float, cause: BaseException | None = None) -> None:
-        """Count one request that got no answer (once per exception, however many layers see it).
+        """Count one request that got no answer. Each request is counted once, where it entered the council:
+        the HTTP app for HTTP requests, RouterIngress's handle methods for handle calls.
 
         `cause` is what `error` means to the caller when it differs (a Ray wrapper's council error).
         """
-        if getattr(error, _METERED, False):
-            return
         meaning = cause if cause is not None else error
         outcome, reason = failure_outcome(meaning)
         self.requests.inc(1, tags={"outcome": outcome, "reason": reason})
@@ -130,9 +127,6 @@ class CouncilMetrics:
             kind = "timeout" if str(why).startswith("timed out") else "cancelled" if why == "cancelled" else "error"
             counter = self.member_cancelled if kind == "cancelled" else self.member_errors
             counter.inc(1, tags={"member": str(name)} | ({} if kind == "cancelled" else {"kind": kind}))
-        # An exception type with __slots__ may be counted twice; it must never fail the request.
-        with contextlib.suppress(AttributeError):
-            setattr(error, _METERED, True)
 
 
 _instance: CouncilMetrics | None = None

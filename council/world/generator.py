@@ -13,7 +13,6 @@ from council.prompts import UNKNOWN
 from council.world.schema import DOMAINS, HELD_OUT, DomainSpec, name_pool
 
 FORMAT_VERSION = 1
-SPLITS = ("trained", "fresh", "unanswerable")
 
 
 @dataclass(frozen=True)

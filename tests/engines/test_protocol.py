@@ -16,10 +16,10 @@ from council.backends.engine import (
     EngineOutput,
     EngineRequest,
     Sampling,
-    build_engine,
     fit_prompt,
     render_chat,
 )
+from council.backends.engines import build_engine
 from council.backends.faulty import Faults, FaultyEngine
 from council.backends.hf_engine import TransformersEngine
 from council.backends.tokens import TokenizerCounter, load_tokenizer_counter

@@ -244,15 +244,6 @@ def council_dict(models: list[Path], store: Path, **retrieval: object) -> dict[s
     }
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two tiny GPT-2 checkpoints (different seeds), saved the way real ones are."""
-    from tests.tiny import build_tiny_gpt2
-
-    base = tmp_path_factory.mktemp("job-models")
-    return [build_tiny_gpt2(base / f"gpt2-{seed}", seed=seed) for seed in range(2)]
-
-
 def seeded_council_yaml(folder: Path, models: list[Path]) -> Path:
     """A council YAML in `folder` whose embedded store already holds documents for `public` and `acme`."""
     import yaml

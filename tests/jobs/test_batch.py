@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from council.jobs.batch import OUTPUT_SCHEMA, read_answers
+from council.jobs.batch_files import OUTPUT_SCHEMA, read_answers
 from tests.jobs.conftest import REPO, RayHead, cluster_env
 
 JOB_TIMEOUT_S = 300.0

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from council.demo.run import demo_world
-from council.jobs.batch import read_answers
+from council.jobs.batch_files import read_answers
 from tests.jobs.conftest import REPO, VENV_BIN, RayHead, cluster_env, free_port, start_head_once
 
 DEPLOY_TIMEOUT_S = 420.0

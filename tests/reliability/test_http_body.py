@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 
-from council.config import CouncilConfig
-from council.pipeline import validate
 from council.serving import http
-from council.types import AskRequest, CouncilAnswer, MemberAnswer
+from tests.fakes import FakeIngress
 
 LIMIT = 8192
 
 
-class _EchoIngress:
-    """Validates like the council, then answers by echoing the question (as the council's report does)."""
-
-    config = CouncilConfig.from_dict(
-        {"specialists": [{"name": "solo", "model": "m"}], "http": {"max_body_bytes": LIMIT}}
-    )
-
-    async def ask_request(self, request: AskRequest) -> CouncilAnswer:
-        request = validate(request, self.config)
-        member = MemberAnswer("solo", 0.5, answer=request.question)
-        return CouncilAnswer(request.question, request.question, 1.0, 0.0, False, False, (member,))
-
-    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return (await self.ask_request(http.parse_ask(payload))).to_dict()
-
-    def models(self) -> list[str]:
-        return ["council", "solo"]
-
-
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(http.create_app(_EchoIngress()), raise_server_exceptions=False)  # type: ignore[arg-type]
+    return TestClient(http.create_app(FakeIngress(echo=True), max_body_bytes=LIMIT), raise_server_exceptions=False)
 
 
 CHAT = b'{"model": "council", "messages": [{"role": "user", "content": "%s"}]}'

@@ -8,7 +8,7 @@ import pytest
 
 from council.backends.tokens import TokenizerCounter, load_model_config, load_tokenizer
 from council.prompts import TEMPLATES, chat_messages
-from tests.tiny import build_tiny_gpt2, tiny_specialist_config
+from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
 
 # ChatML, the format of many real chat models: role markers are special tokens of the tokenizer.
 CHATML = (

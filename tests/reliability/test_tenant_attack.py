@@ -22,8 +22,8 @@ from council.config import CouncilConfig
 from council.errors import CouncilError, InvalidRequest
 from council.local import build_local_council
 from council.pipeline import Council
+from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
 from council.types import AskRequest, CouncilAnswer, Document, Generation
-from tests.tiny import build_tiny_gpt2, tiny_specialist_config
 
 SECRETS = {"acme": "ACME-VAULT-4471-OPAL", "globex": "GLOBEX-LAUNCH-9902-JADE"}
 INJECTION = (

@@ -20,8 +20,6 @@ import pytest
 import requests
 import yaml
 
-from tests.tiny import build_tiny_gpt2
-
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-3f9c2a"
 GUARDED_TIMEOUT_S = 2.0
@@ -87,13 +85,6 @@ def council_config(models: list[Path], store: Path, names: dict[str, str], **rou
         "aggregator": {"num_cpus": 0.05, "default_budget_tokens": 96},
         "http": {"max_body_bytes": 16384},
     }
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three tiny GPT-2 checkpoints (different seeds) saved to disk."""
-    base = tmp_path_factory.mktemp("models")
-    return [build_tiny_gpt2(base / f"gpt2-{seed}", seed=seed) for seed in range(3)]
 
 
 @pytest.fixture(scope="session")

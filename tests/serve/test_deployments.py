@@ -58,14 +58,6 @@ def test_concurrent_generate_calls_are_batched(council_app: App) -> None:
     assert after["largest_batch"] > 1
 
 
-def test_generate_text_completes_a_raw_prompt(council_app: App) -> None:
-    handle = serve.get_deployment_handle("Specialist_physics", app_name=council_app.name)
-    generation = handle.generate_text.remote("question : what is energy ?\nanswer :", 4).result(timeout_s=30)
-    assert generation.completion_tokens <= 4 and generation.prompt_tokens > 0
-    info = handle.info.remote().result(timeout_s=30)
-    assert info["name"] == "physics" and info["device"] == "cpu"
-
-
 def test_members_embed_their_answers_and_the_ingress_only_the_question(council_app: App) -> None:
     from council.agreement import is_unknown
     from council.backends.embeddings import get_embedder

@@ -6,7 +6,7 @@ import pytest
 from ray import serve
 
 from council.errors import InvalidRequest
-from council.serving.handles import unwrap
+from council.serving.ray_errors import unwrap
 from council.types import CouncilAnswer
 from tests.serve.conftest import SPECIALISTS, App
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from council.aggregator import LocalAggregator
 from council.agreement import (
     ABSTAIN_ANSWER,
     UNKNOWN_ANSWER,
@@ -25,6 +24,7 @@ from council.agreement import (
 )
 from council.config import AggregatorConfig
 from council.errors import InvalidRequest
+from council.local_aggregator import LocalAggregator
 from council.protocols import Aggregator, Embedder
 from council.types import MemberAnswer
 

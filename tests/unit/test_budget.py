@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from council.aggregator import LocalAggregator
-from council.budget import labelled_orderings, member_budget, order, orderings, split_sentences, trim
+from council.budget import labelled_orderings, member_budget, order, select, split_sentences
 from council.config import AggregatorConfig
 from council.errors import InvalidRequest, UnknownSpecialist
+from council.local_aggregator import LocalAggregator
 from council.protocols import Embedder, TokenCounter
-from council.types import ORDERINGS, Chunk
-
-
-@dataclass
-class WordCounter:
-    """TokenCounter test double: one token per whitespace-separated word."""
-
-    context_window: int = 100
-    max_new_tokens: int = 10
-    prompt: int = 5
-    per_passage: int = 2
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_overhead(self) -> int:
-        return self.prompt
-
-    def passage_overhead(self) -> int:
-        return self.per_passage
+from council.types import ORDERINGS, Chunk, TrimReport
+from tests.fakes import WordCounter
 
 
 class NoEmbedder:
@@ -45,6 +27,26 @@ class NoEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         raise AssertionError("trim must not embed")
+
+
+def orderings(chunks: Sequence[Chunk], n: int, *, base: str = "relevance", seed: int = 0) -> list[list[Chunk]]:
+    """The arrangements alone, as the aggregator uses them."""
+    return [arranged for _, arranged in labelled_orderings(chunks, n, base=base, seed=seed)]
+
+
+def trim(
+    chunks: Sequence[Chunk],
+    budget: int,
+    counter: WordCounter,
+    *,
+    member: str,
+    ordering: str = "relevance",
+    seed: int = 0,
+) -> tuple[list[Chunk], TrimReport]:
+    """Select, then arrange: what the aggregator does for one member and one ordering."""
+    order([], ordering)  # an unknown ordering fails before any work, as in the aggregator
+    kept, report = select(chunks, budget, counter, member=member)
+    return order(kept, ordering, seed=seed), replace(report, ordering=ordering)
 
 
 def cost(c: WordCounter, text: str) -> int:

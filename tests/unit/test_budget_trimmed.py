@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from council.budget import select
-from tests.unit.test_budget import WordCounter, chunks_of
+from tests.fakes import WordCounter
+from tests.unit.test_budget import chunks_of
 
 
 def test_trimmed_tokens_count_cut_sentences_and_dropped_chunks() -> None:

@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from council.backends import chroma
-from council.backends.chroma import ChromaRetriever, IngestReport, chunk_id, chunk_text, content_words, lexical_score
-from council.backends.embeddings import MiniLMEmbedder, get_embedder
+from council.backends.chroma import ChromaRetriever, IngestReport
+from council.backends.embeddings import SentenceTransformerEmbedder, get_embedder
 from council.config import RetrievalConfig
 from council.errors import BadInputFile, InvalidRequest, UnknownTenant
 from council.protocols import Retriever
+from council.retrieval import chunk_id, chunk_text, content_words, lexical_score
 from council.types import Document
 
 DOCS = [
@@ -25,7 +26,7 @@ SECRET = "The vault code of Brightwater Holdings is 7741-alpha and only the trea
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
+def embedder() -> SentenceTransformerEmbedder:
     return get_embedder()
 
 
@@ -40,12 +41,12 @@ def _no_chroma_default_embedder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ONNXMiniLM_L6_V2, "__call__", refuse)
 
 
-def _retriever(path: Path, embedder: MiniLMEmbedder, **overrides: object) -> ChromaRetriever:
+def _retriever(path: Path, embedder: SentenceTransformerEmbedder, **overrides: object) -> ChromaRetriever:
     return ChromaRetriever(RetrievalConfig(path=str(path), **overrides), embedder=embedder)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def store(tmp_path: Path, embedder: MiniLMEmbedder) -> ChromaRetriever:
+def store(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> ChromaRetriever:
     retriever = _retriever(tmp_path / "chroma", embedder)
     yield retriever
     retriever.close()
@@ -72,7 +73,7 @@ def test_reingest_adds_nothing(store: ChromaRetriever) -> None:
     assert store.ingest_texts(DOCS[:1], tenant="other").added == 1
 
 
-def test_restart_finds_the_same_chunks_and_results(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+def test_restart_finds_the_same_chunks_and_results(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     first = _retriever(tmp_path / "c", embedder)
     first.ingest_texts(DOCS, tenant="acme")
     before = first.query("glassmakers guild founded", tenant="acme", top_n=3)
@@ -115,7 +116,7 @@ async def test_ephemeral_documents_never_persist_or_cross_tenants(store: ChromaR
     assert all("Nightjar" not in c.text for c in store.query("Project Nightjar", tenant="beta", top_n=10))
 
 
-def test_unknown_tenants(store: ChromaRetriever, tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+def test_unknown_tenants(store: ChromaRetriever, tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     store.ingest_texts(DOCS, tenant="acme")
     with pytest.raises(UnknownTenant):
         store.query("anything", tenant="ghost", top_n=3)
@@ -189,7 +190,7 @@ def test_folders_are_read_recursively_and_checked_before_writing(store: ChromaRe
 
 
 def test_lexical_score_rescues_a_made_up_entity(
-    tmp_path: Path, embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fillers = [
         "The apprentice was taught glassblowing by an old master in the harbour town.",
@@ -224,7 +225,7 @@ def test_lexical_score_rescues_a_made_up_entity(
         store.close()
 
 
-def test_query_embedding_is_used_and_checked(store: ChromaRetriever, embedder: MiniLMEmbedder) -> None:
+def test_query_embedding_is_used_and_checked(store: ChromaRetriever, embedder: SentenceTransformerEmbedder) -> None:
     store.ingest_texts(DOCS, tenant="acme")
     question = "harbour ships tide"
     vector = embedder.embed([question])[0]
@@ -262,7 +263,9 @@ def test_content_words_and_lexical_score() -> None:
     assert lexical_score([], "anything") == 0.0
 
 
-def test_relevance_filters_drop_near_misses_and_keep_a_clear_winner(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+def test_relevance_filters_drop_near_misses_and_keep_a_clear_winner(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
     docs = [
         ("pila", "The ceo of pila corp is jonas dubois. Pila corp works in the farming sector."),
         ("tavo", "The ceo of tavo corp is mira santos. Tavo corp works in the mining sector."),
@@ -294,3 +297,9 @@ def test_relevance_filter_settings_are_checked(field: str, value: float) -> None
 
     with pytest.raises(ValidationError, match=field):
         RetrievalConfig.model_validate({field: value})
+
+
+def test_stored_ids_names_what_the_store_holds(store: ChromaRetriever) -> None:
+    store.ingest_texts(DOCS[:1], tenant="acme")
+    [held] = [chunk_id("acme", c) for c in chunk_text(DOCS[0][1], store.config.chunking.max_chars)]
+    assert store.stored_ids([held, chunk_id("acme", "never stored")]) == {held}

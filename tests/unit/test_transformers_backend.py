@@ -13,7 +13,7 @@ from council.config import SpecialistConfig
 from council.errors import ConfigError, InvalidRequest, ModelLoadError
 from council.prompts import get_template
 from council.protocols import Specialist, TokenCounter
-from tests.tiny import build_tiny_gpt2, tiny_specialist_config
+from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
 
 ITEMS = [
     ("who founded the guild ?", ["the guild was founded by ilsa merrow ."]),

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from council.testing import harness
 from tests.serve.conftest import App
-from tests.serve.reliability import harness
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from council.testing import harness
 from tests.serve.conftest import App
-from tests.serve.reliability import harness
 from tests.serve.reliability.conftest import deploy, undeploy, write_figures
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(300)]

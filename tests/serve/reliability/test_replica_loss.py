@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from council.testing import harness
 from tests.serve.conftest import App
-from tests.serve.reliability import harness
 from tests.serve.reliability.conftest import write_figures
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(600)]

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from council.serving.replicas import kill_replica, replica_actors, running_deployments
+
 log = logging.getLogger(__name__)
 
 QUESTIONS = [
@@ -157,36 +159,7 @@ async def burst(url: str, *, n: int, timeout_s: float, body: dict[str, Any] | No
 # ---- replicas ---------------------------------------------------------------------------------
 
 
-def replica_actors(app: str, deployment_prefix: str = "") -> list[str]:
-    """Names of the live replica actors of `app` whose deployment starts with `deployment_prefix`."""
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app}#{deployment_prefix}"
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
-
-
-def kill_replica(name: str) -> None:
-    """Kill one replica actor the way a crash would; Serve notices and starts a replacement."""
-    import ray
-
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
-
-
-Kill = tuple[float, str]
-
-
-def running_deployments(app: str, prefix: str = "") -> set[str]:
-    """Deployments of `app` (names starting with `prefix`) whose every replica is RUNNING."""
-    from ray import serve
-
-    status = serve.status().applications.get(app)
-    if status is None:
-        return set()
-    states = {
-        name: {str(getattr(k, "value", k)) for k, n in d.replica_states.items() if n}
-        for name, d in status.deployments.items()
-    }
-    return {name for name, s in states.items() if name.startswith(prefix) and s == {"RUNNING"}}
+Kill = tuple[float, str]  # (monotonic time, deployment) of one replica kill
 
 
 async def kill_every(app: str, *, interval_s: float, count: int, prefix: str = "Specialist_") -> list[Kill]:

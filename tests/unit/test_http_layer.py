@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 import pytest
 from fastapi.testclient import TestClient
 
-from council.config import CouncilConfig
 from council.errors import Overloaded, QuorumNotMet
 from council.serving import http
-from council.types import AskRequest, CouncilAnswer, MemberAnswer
-
-
-class FakeIngress:
-    """Implements the RouterIngress surface http.create_app uses; `fail` is raised by ask."""
-
-    def __init__(self, fail: BaseException | None = None, agreement: float = 1.0) -> None:
-        self.config = CouncilConfig.from_dict({"specialists": [{"name": "solo", "model": "m"}]})
-        self.fail = fail
-        self.agreement = agreement
-
-    async def ask_request(self, request: AskRequest) -> CouncilAnswer:
-        if self.fail is not None:
-            raise self.fail
-        member = MemberAnswer("solo", 0.5, answer="forty two", prompt_tokens=3, completion_tokens=2)
-        return CouncilAnswer(request.question, "forty two", self.agreement, 0.0, False, False, (member,))
-
-    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return (await self.ask_request(http.parse_ask(payload))).to_dict()
-
-    def models(self) -> list[str]:
-        return ["council", "solo"]
+from tests.fakes import FakeIngress
 
 
 def _client(ingress: FakeIngress) -> TestClient:
-    return TestClient(http.create_app(ingress))  # type: ignore[arg-type]
+    return TestClient(http.create_app(ingress, max_body_bytes=16384))
 
 
 def test_unexpected_errors_are_a_generic_logged_500(caplog: pytest.LogCaptureFixture) -> None:
@@ -88,3 +66,45 @@ def test_method_not_allowed_is_a_json_error() -> None:
 def test_declared_length_over_the_limit_is_refused_before_reading() -> None:
     r = _client(FakeIngress()).post("/v1/council", content=b"{}", headers={"Content-Length": "999999999"})
     assert r.status_code == 413
+
+
+def test_a_failure_is_counted_once_by_the_http_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(
+        http.metrics, "record_failure", lambda e, elapsed, cause=None: counted.append((type(e).__name__, None))
+    )
+    monkeypatch.setattr(http.metrics, "record_answer", lambda a, elapsed: counted.append(("answer", a.answer)))
+    client = _client(FakeIngress(Overloaded("full")))
+    assert client.post("/v1/council", json={"question": "q"}).status_code == 503
+    assert client.post("/v1/council", content=b"{nope").status_code == 400
+    assert _client(FakeIngress()).post("/v1/council", json={"question": "q"}).status_code == 200
+    assert counted == [("Overloaded", None), ("InvalidRequest", None), ("answer", "forty two")]
+
+
+def test_chat_streams_openai_chunks_and_ends_with_done() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    r = _client(FakeIngress()).post("/v1/chat/completions", json=body)
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["choices"][0]["index"] == 0 for c in chunks)
+    assert chunks[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    assert "usage" not in chunks[0] and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "forty two"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert chunks[-1]["council"]["answer"] == "forty two"
+
+
+def test_chat_completion_is_the_openai_shape() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}]}
+    completion = _client(FakeIngress()).post("/v1/chat/completions", json=body).json()
+    assert completion["object"] == "chat.completion" and completion["model"] == "council"
+    assert completion["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "forty two"}, "finish_reason": "stop"}
+    ]
+    assert completion["usage"]["total_tokens"] == 5 and completion["council"]["answer"] == "forty two"
+    models = _client(FakeIngress()).get("/v1/models").json()
+    assert models == {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "council"} for m in ("council", "solo")],
+    }

@@ -1,0 +1,137 @@
+"""RouterIngress: the app's entry, running `Council` over handles to the other deployments; HTTP and handles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ray import serve
+
+from council.backends.store_lock import store_identity
+from council.config import CouncilConfig
+from council.pipeline import Council
+from council.retrieval import check_tenant
+from council.serving import metrics
+from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
+from council.serving.ray_errors import as_council_error
+from council.serving.schemas import parse_ask, parse_ingest
+from council.types import AskRequest, CouncilAnswer, Document
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from ray.serve.handle import DeploymentHandle
+
+log = logging.getLogger(__name__)
+
+
+class RouterIngress:
+    """The ingress: routes, retrieves, trims, fans out to the specialists and aggregates, via `Council`.
+
+    Handle callers use `ask`, `ingest`, `models` and `status`; the HTTP app (`http.py`) is built over the
+    same instance and calls `answer` and `add_documents`, counting each request itself.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        specialists: dict[str, DeploymentHandle],
+        retriever: DeploymentHandle,
+        aggregator: DeploymentHandle,
+    ) -> None:
+        from council.backends.embeddings import get_batched_embedder
+
+        self.config = CouncilConfig.model_validate(config)
+        self.retriever_handle = retriever
+        self.retriever = HandleRetriever(retriever)
+        # Batched: concurrent questions share one embedding pass (routing and retrieval share each vector).
+        self.embedder = get_batched_embedder(self.config.retrieval.embedder)
+        self.council = Council(
+            self.config,
+            embedder=self.embedder,
+            specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
+            aggregator=HandleAggregator(aggregator),
+            retriever=self.retriever,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
+        from council.serving.http import create_app
+
+        return create_app(self, max_body_bytes=self.config.http.max_body_bytes)
+
+    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/council by handle: `payload` has the HTTP body's fields; returns CouncilAnswer.to_dict().
+
+        Counted in the council's metrics here (HTTP requests are counted by the HTTP app).
+        """
+        request = parse_ask(payload)
+        t0 = time.perf_counter()
+        try:
+            answer = await self.answer(request)
+        except Exception as e:
+            metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
+            raise
+        metrics.record_answer(answer, time.perf_counter() - t0)
+        return answer.to_dict()
+
+    async def answer(self, request: AskRequest) -> CouncilAnswer:
+        """Run the council on a typed request (the caller counts its outcome)."""
+        return await self.council.ask(request)
+
+    async def ingest(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/documents by handle: store documents for a tenant.
+
+        Returns {"tenant", "documents", "chunks", "added", "skipped"} (re-ingesting adds nothing).
+        """
+        body = parse_ingest(payload)
+        return await self.add_documents(body.tenant, [d.to_document() for d in body.documents])
+
+    async def add_documents(self, tenant: str, documents: Sequence[Document]) -> dict[str, Any]:
+        """Store documents for `tenant` in the app's store, one call per domain in order; the ingest report."""
+        check_tenant(tenant)
+        totals = {"added": 0, "skipped": 0, "chunks": 0}
+        for domain in dict.fromkeys(d.domain for d in documents):
+            docs = [(d.source, d.text) for d in documents if d.domain == domain]
+            report = await call(self.retriever_handle, "ingest_texts", docs, tenant=tenant, domain=domain)
+            totals = {k: totals[k] + int(report[k]) for k in totals}
+        return {"tenant": tenant, "documents": len(documents), **totals}
+
+    def stats(self) -> dict[str, int]:
+        """Embedding counters of this replica (questions, and members' answers as they arrive): texts asked,
+        cache hits, embedding passes run, the largest pass."""
+        return dict(self.embedder.stats)
+
+    def models(self) -> list[str]:
+        """Model names the council answers to: 'council' and each specialist's name."""
+        return ["council", *(s.name for s in self.config.specialists)]
+
+    async def status(self) -> dict[str, Any]:
+        """Specialists, every deployment's replica states, and the store's chunk count."""
+        app_name = serve.get_replica_context().app_name
+        serve_status = await asyncio.to_thread(serve.status)
+        app = serve_status.applications.get(app_name)
+        deployments = {
+            name: {"status": _name(d.status), "replicas": {_name(k): v for k, v in d.replica_states.items()}}
+            for name, d in (app.deployments.items() if app else ())
+        }
+        try:
+            chunks: int | None = await self.retriever.count()
+        except Exception as e:  # status must answer even when the store does not
+            log.warning("store count failed: %s", e)
+            chunks = None
+        return {
+            "app": app_name,
+            "status": _name(app.status) if app else "UNKNOWN",
+            "specialists": [s.name for s in self.config.specialists],
+            "deployments": deployments,
+            "chunks": chunks,
+            "store": store_identity(self.config.retrieval),
+        }
+
+
+def _name(state: Any) -> str:
+    """A Serve status enum (or the plain string some versions use) as its name."""
+    return str(getattr(state, "value", state))
