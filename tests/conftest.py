@@ -66,3 +66,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
     base = tmp_path_factory.mktemp("models")
     return [build_tiny_gpt2(base / f"gpt2-{seed}", seed=seed) for seed in range(3)]
+
+
+@pytest.fixture(scope="session")
+def local_yaml_app() -> dict:
+    """The application entry of clusters/local.yaml, checked against Serve's own config schema."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "clusters" / "local.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(data)
+    assert len(schema.applications) == 1
+    entry: dict = schema.applications[0].model_dump()
+    return entry

@@ -117,18 +117,6 @@ def serve_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def local_yaml_app() -> dict[str, Any]:
-    """The application entry of clusters/local.yaml, checked against Serve's own config schema."""
-    from ray.serve.schema import ServeDeploySchema
-
-    data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(data)
-    assert len(schema.applications) == 1
-    entry: dict[str, Any] = schema.applications[0].model_dump()
-    return entry
-
-
-@pytest.fixture(scope="session")
 def apps(
     serve_url: str, tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory, local_yaml_app: dict[str, Any]
 ) -> dict[str, App]:
