@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from council.backends.files import find_files
+from council.backends.files import KINDS, find_files
 from council.errors import CouncilError
 from council.render import render_answer
 from council.serving.lifecycle import block_until_signal, serve_target, start_serve, stop_serve
@@ -137,7 +137,7 @@ def status(url: URL = "http://127.0.0.1:8000") -> None:
 @app.command()
 @friendly
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.txt, .md, .parquet) to ingest.")],
+    paths: Annotated[list[Path], typer.Argument(help=f"Files or folders of {KINDS} files.")],
     tenant: Annotated[str, typer.Option(help="The tenant that owns these documents.")] = "public",
     domain: Annotated[str | None, typer.Option(help="Domain tag stored with each chunk.")] = None,
     config: CONFIG = None,
@@ -161,7 +161,7 @@ def ingest(
     """
     files = find_files(paths)
     if not files:
-        raise CouncilError(f"no .txt, .md or .parquet files under {', '.join(map(str, paths))}")
+        raise CouncilError(f"no {KINDS} files under {', '.join(map(str, paths))}")
     retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
     if url is not None:
         _ingest_served(url, files, tenant=tenant, domain=domain, store=None)

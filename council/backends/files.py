@@ -12,6 +12,7 @@ from council.retrieval import check_tenant, chunk_text, is_tenant_name
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+KINDS = "text (.txt, .md, .markdown) or Parquet (.parquet, .pq)"  # what the messages name
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def find_files(paths: Iterable[str | Path]) -> list[Path]:
         elif not path.exists():
             raise BadInputFile(f"{path}: no such file or folder", details={"file": str(path)})
         elif path.suffix.lower() not in TEXT_SUFFIXES + PARQUET_SUFFIXES:
-            raise BadInputFile(f"{path}: not a .txt, .md or .parquet file", details={"file": str(path)})
+            raise BadInputFile(f"{path}: not a {KINDS} file", details={"file": str(path)})
         else:
             files.append(path)
     return files

@@ -126,7 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingest job; returns the process exit code."""
     from council.backends.chroma import ChromaRetriever
-    from council.backends.files import check_readable, find_files
+    from council.backends.files import KINDS, check_readable, find_files
     from council.retrieval import check_tenant
 
     args = parse_args(argv)
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     retrieval = retrieval_config(args)
     files = find_files(args.paths)
     if not files:
-        raise bad_file(", ".join(map(str, args.paths)), "no .txt, .md or .parquet files there")
+        raise bad_file(", ".join(map(str, args.paths)), f"no {KINDS} files there")
     check_readable(files)
     where = f"Chroma server {retrieval.host}:{retrieval.port}" if retrieval.host else f"Chroma folder {retrieval.path}"
     log.info("ingesting %d file(s) for tenant %r into %s", len(files), args.tenant, where)
