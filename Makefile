@@ -8,7 +8,7 @@ STAMP := $(VENV)/.council-installed
 TORCH_SPEC ?= torch==2.13.0
 # Ray tests on 2 shared cores can lose a race to start-up (ports, agents); one rerun of a failed test tells a
 # flake from a bug. A rerun is never silent: it shows as R, and tests/conftest.py prints why its first try failed.
-PYTEST_ARGS ?= -rfE --reruns 1 --reruns-delay 5
+PYTEST_ARGS ?= -rfE --reruns 1 --reruns-delay 5 --durations=20
 # The vLLM engine on CPU: the community CPU build of vLLM 0.29.0 (the vLLM ray 2.60's `ray[llm]` pins; it needs
 # torch==2.13.0+cpu, the torch above). GPU users install the official `vllm==0.29.0` instead (README, "vLLM
 # members"). `make test` installs it so that the vLLM tests run; `make install` stays without it.
