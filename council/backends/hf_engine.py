@@ -15,8 +15,6 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from council.backends.engine import (
     Engine,
     EngineDead,
@@ -30,6 +28,7 @@ from council.backends.engine import (
 )
 from council.backends.transformers import cut_at_stop
 from council.config import SpecialistConfig
+from council.engine_options import TransformersOptions
 from council.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -39,16 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["TransformersEngine", "TransformersOptions"]
-
-
-class TransformersOptions(BaseModel):
-    """`engine_options` of the transformers engine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stuck_after_s: float | None = Field(
-        None, gt=0, description="A forward pass running longer fails check_health (default: deployment.stuck_after_s)."
-    )
 
 
 def _abort_criteria(flags: Sequence[threading.Event]) -> Any:
