@@ -90,6 +90,7 @@ class TransformersEngine:
         self._tickets = itertools.count()
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
         self._suspect: str | None = None  # set by a failed pass: check_health tries the model again
+        self.cpu_ms = 0  # CPU milliseconds the forward-pass threads spent in `generate` (SpecialistServer.stats)
 
     @classmethod
     def from_specialist(cls, specialist: TransformersSpecialist, options: Mapping[str, Any] | None = None) -> Any:
@@ -105,12 +106,16 @@ class TransformersEngine:
         return self._model is not None and not self._closed
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    def load(self) -> None:
+        """`start` in the calling thread (a constructor that must return with the model loaded)."""
         if self._closed:
             raise EngineDead(f"engine {self.name} was shut down")
         if self._model is None:
             from council.backends.transformers import TransformersSpecialist
 
-            self._model = await asyncio.to_thread(TransformersSpecialist, self.config)
+            self._model = TransformersSpecialist(self.config)
 
     async def shutdown(self) -> None:
         self._closed = True
@@ -281,6 +286,7 @@ class TransformersEngine:
                 import torch
 
                 torch.manual_seed(sampling.seed)  # one seed per pass: requests sharing a pass share the stream
+            cpu = time.thread_time()
             rows = model._run(
                 ids,
                 sampling.max_tokens,
@@ -288,6 +294,7 @@ class TransformersEngine:
                 sampling=self._sampling_kwargs(sampling),
                 streamer=streamer,
             )
+            self.cpu_ms += round((time.thread_time() - cpu) * 1000)
         except Exception as e:
             self._suspect = f"{type(e).__name__}: {e}"
             raise

@@ -219,6 +219,10 @@ class VLLMEngine:
         log.info("specialist %s: vLLM engine on %s up in %.1fs (%s)", self.name, self._device, self.load_s, args.dtype)
 
     async def shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """`shutdown` from synchronous code (a destructor): stops the engine core processes now."""
         self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:
