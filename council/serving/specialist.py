@@ -13,13 +13,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from ray import serve
 
 from council.agreement import is_unknown
-from council.backends.engine import Engine, EngineRequest, EngineSpecialist
+from council.backends.engine import Engine, EngineDelta, EngineRequest, EngineSpecialist
 from council.batching import PassGate
 from council.config import SpecialistConfig
 from council.errors import InvalidRequest
@@ -69,7 +69,7 @@ class SpecialistServer:
             self.answer_embedder.embed(["warm up"])  # first-pass allocations at start-up, not in the first request
         self._stats = {
             "requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0,
-            "embed_cpu_ms": 0,
+            "embed_cpu_ms": 0, "streams": 0,
         }  # fmt: skip
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
@@ -120,6 +120,36 @@ class SpecialistServer:
         finally:
             self._in_generate -= 1
         return result
+
+    async def stream(
+        self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[EngineDelta]:
+        """`generate`, streamed: the answer's text as the engine produces it (call with
+        `handle.options(stream=True)`). Each delta carries the new text; the last one has `finish_reason` and the
+        token counts. Not batched by us (one pass per stream on transformers); closing the stream or cancelling
+        its consumer aborts the engine request. Text is not stripped and no vector comes with it."""
+        self._stats["requests"] += 1
+        self._stats["streams"] += 1
+        try:
+            if not self.engine.ready:
+                await self.start()
+            request = self._request(question, passages, sampling)
+            if self.batched and self.faulty is not None:
+                await self.faulty.admit()
+            deltas = self.engine.stream(request)
+            try:
+                async for delta in deltas:
+                    yield delta
+            finally:  # now, not when garbage-collected: closing the engine's stream aborts its request
+                aclose = getattr(deltas, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        except (asyncio.CancelledError, GeneratorExit):
+            self._stats["cancelled"] += 1
+            raise
+        except Exception:
+            self._stats["errors"] += 1
+            raise
 
     def _request(self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None) -> EngineRequest:
         try:
@@ -178,9 +208,10 @@ class SpecialistServer:
         await self.engine.check_health()
 
     def stats(self) -> dict[str, int]:
-        """Counters of this replica: requests, errors, cancelled, batches run by us and the largest one (0 for an
-        engine that batches itself), answers embedded, the CPU milliseconds its worker threads spent generating
-        (transformers) and embedding answers, and `running`: the requests the engine holds right now."""
+        """Counters of this replica: requests (streams among them), errors, cancelled, batches run by us and the
+        largest one (0 for an engine that batches itself), answers embedded, the CPU milliseconds its worker
+        threads spent generating (transformers) and embedding answers, and `running`: the requests the engine
+        holds right now."""
         return {
             **self._stats,
             "generate_cpu_ms": int(getattr(self.base_engine, "cpu_ms", 0)),

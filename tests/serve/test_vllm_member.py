@@ -89,6 +89,19 @@ def test_the_vllm_member_answers_by_handle_as_the_transformers_member_does(vllm_
     assert stats["batches"] == 0 and stats["requests"] >= len(questions)  # vLLM batches itself, not us
 
 
+def test_the_vllm_member_streams_its_answer_by_handle(vllm_app: App) -> None:
+    vllm = _handle(VLLM)
+    question, passages = _questions()[0]
+    whole = vllm.generate.remote(question, passages).result(timeout_s=60)
+    deltas = list(vllm.options(stream=True).stream.remote(question, passages))
+    assert "".join(d.text for d in deltas).strip() == whole.text
+    assert deltas[-1].finished and deltas[-1].completion_tokens == whole.completion_tokens
+    # A long answer comes in many pieces, one per decoding step or so.
+    sampling = {"max_tokens": 24, "ignore_eos": True, "stop": []}
+    long = list(vllm.options(stream=True).stream.remote(question, [], sampling))
+    assert len([d for d in long if d.text]) > 1 and long[-1].completion_tokens == 24
+
+
 def test_both_members_answer_through_the_council_by_http_and_handle(vllm_app: App) -> None:
     from ray import serve
 

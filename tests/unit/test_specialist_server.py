@@ -132,3 +132,21 @@ async def test_faults_come_from_the_wrapper_engine_and_meet_each_request_on_arri
     assert long.completion_tokens == 5
     with pytest.raises(InvalidRequest):
         await plain.generate("q", (), {"max_token": 5})
+
+
+async def test_a_stream_yields_the_answer_as_generate_gives_it_and_closing_it_stops_the_pass(tmp_path: Path) -> None:
+    from council.serving.specialist import SpecialistServer
+
+    config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), generation={"max_new_tokens": 6, "stop": []})
+    server = SpecialistServer(config.model_dump())
+    whole = await server.generate("a question", ())
+    deltas = [d async for d in server.stream("a question", ())]
+    assert "".join(d.text for d in deltas).strip() == whole.text
+    assert deltas[-1].finished and deltas[-1].completion_tokens == whole.completion_tokens
+    assert all(not d.finished for d in deltas[:-1])
+    long = server.stream("a question", (), {"max_tokens": 200, "ignore_eos": True})
+    await anext(long)
+    assert server.stats()["running"] == 1
+    await long.aclose()  # the consumer went away: the engine request ends
+    await until(lambda: server.stats()["running"] == 0, "the stream's request ended")
+    assert server.stats()["streams"] == 2 and server.stats()["cancelled"] == 1
