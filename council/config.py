@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from council.engine_options import ENGINE_OPTIONS
 from council.errors import ConfigError, CouncilError
 
 M = TypeVar("M", bound=BaseModel)
+# The error type of a field checked against another model: its context lists (sub-path, message) pairs.
+_NESTED = "nested_fields"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -83,12 +87,35 @@ class SpecialistConfig(_Model):
     )
     prompt_template: str | None = Field(None, description="Name of a prompt template in council.prompts.")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Serve options.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="What runs the model: in-process Hugging Face `generate`, batched by the server "
+        "(transformers), or vLLM's async engine, which batches continuously itself (vllm; `make vllm` on CPU).",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the engine (council.engine_options: TransformersOptions, VLLMOptions), checked here.",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(f"specialist name {v!r} must match {NAME_RE.pattern}")
+        return v
+
+    @field_validator("engine_options")
+    @classmethod
+    def _engine_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        model = ENGINE_OPTIONS.get(info.data.get("engine", ""))
+        if model is None:  # a bad `engine` is its own error
+            return v
+        try:
+            model.model_validate(v)
+        except ValidationError as e:
+            # One error per bad option, each named by its own path below engine_options (format_validation_error).
+            nested = [(".".join(str(x) for x in err["loc"]), err["msg"]) for err in e.errors()]
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": nested}) from None
         return v
 
 
@@ -271,5 +298,8 @@ def format_validation_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        if err["type"] == _NESTED:  # e.g. engine_options checked against its engine's model
+            parts += [f"{loc}.{sub}: {msg}" if sub else f"{loc}: {msg}" for sub, msg in err["ctx"]["nested"]]
+        else:
+            parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 from pydantic import BaseModel, ValidationError
 
 from council.config import GenerationOptions, format_validation_error
+from council.engine_options import ENGINE_KINDS as ENGINE_KINDS  # re-exported: engines.py and tests read it here
 from council.errors import ConfigError
 from council.types import Generation
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 FinishReason = Literal["stop", "length", "abort"]
-ENGINE_KINDS = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,14 @@ class Faults(BaseModel):
 class FaultyEngine:
     """`Engine` wrapper: `inner` with the `faults` applied; everything else is passed through."""
 
-    def __init__(self, inner: Engine, faults: Faults | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, inner: Engine, faults: Faults | Mapping[str, Any] | None = None, *, admitted_by_caller: bool = False
+    ) -> None:
+        """`admitted_by_caller`: the caller calls `admit()` for each request itself, before it batches them (the
+        transformers server: a delay or error meets each request on arrival, as a slow or failing member would,
+        not once per batch); `generate` and `stream` then apply only the hang."""
         self.inner = inner
+        self.admitted_by_caller = admitted_by_caller
         self.faults = faults if isinstance(faults, Faults) else Faults.model_validate(dict(faults or {}))
         self.name = inner.name
         self.kind = f"faulty({inner.kind})"
@@ -61,7 +67,8 @@ class FaultyEngine:
 
     # -- the faults ---------------------------------------------------------------------------------------------
 
-    async def _before(self, requests: int) -> None:
+    async def admit(self, requests: int = 1) -> None:
+        """The faults a request meets before it reaches the model: the delay, then the error."""
         f = self.faults
         if f.delay_s:
             self.injected["delayed"] += requests
@@ -69,7 +76,11 @@ class FaultyEngine:
         if f.error is not None:
             self.injected["failed"] += requests
             raise RuntimeError(f.error)
-        if f.hang_s:
+
+    async def _before(self, requests: int) -> None:
+        if not self.admitted_by_caller:
+            await self.admit(requests)
+        if self.faults.hang_s:
             self.injected["hung"] += requests
             await asyncio.to_thread(self._hang)
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from council.backends.engine import (
     Engine,
     EngineDead,
@@ -30,6 +28,7 @@ from council.backends.engine import (
 )
 from council.backends.transformers import cut_at_stop
 from council.config import SpecialistConfig
+from council.engine_options import TransformersOptions
 from council.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -39,16 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["TransformersEngine", "TransformersOptions"]
-
-
-class TransformersOptions(BaseModel):
-    """`engine_options` of the transformers engine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stuck_after_s: float | None = Field(
-        None, gt=0, description="A forward pass running longer fails check_health (default: deployment.stuck_after_s)."
-    )
 
 
 def _abort_criteria(flags: Sequence[threading.Event]) -> Any:
@@ -101,6 +90,7 @@ class TransformersEngine:
         self._tickets = itertools.count()
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
         self._suspect: str | None = None  # set by a failed pass: check_health tries the model again
+        self.cpu_ms = 0  # CPU milliseconds the forward-pass threads spent in `generate` (SpecialistServer.stats)
 
     @classmethod
     def from_specialist(cls, specialist: TransformersSpecialist, options: Mapping[str, Any] | None = None) -> Any:
@@ -116,12 +106,16 @@ class TransformersEngine:
         return self._model is not None and not self._closed
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    def load(self) -> None:
+        """`start` in the calling thread (a constructor that must return with the model loaded)."""
         if self._closed:
             raise EngineDead(f"engine {self.name} was shut down")
         if self._model is None:
             from council.backends.transformers import TransformersSpecialist
 
-            self._model = await asyncio.to_thread(TransformersSpecialist, self.config)
+            self._model = TransformersSpecialist(self.config)
 
     async def shutdown(self) -> None:
         self._closed = True
@@ -292,6 +286,7 @@ class TransformersEngine:
                 import torch
 
                 torch.manual_seed(sampling.seed)  # one seed per pass: requests sharing a pass share the stream
+            cpu = time.thread_time()
             rows = model._run(
                 ids,
                 sampling.max_tokens,
@@ -299,6 +294,7 @@ class TransformersEngine:
                 sampling=self._sampling_kwargs(sampling),
                 streamer=streamer,
             )
+            self.cpu_ms += round((time.thread_time() - cpu) * 1000)
         except Exception as e:
             self._suspect = f"{type(e).__name__}: {e}"
             raise

@@ -25,8 +25,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Se
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from council.backends.engine import (
     Engine,
     EngineDead,
@@ -39,6 +37,7 @@ from council.backends.engine import (
     parse_options,
 )
 from council.config import SpecialistConfig
+from council.engine_options import VLLMOptions
 from council.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -50,40 +49,6 @@ __all__ = ["VLLMEngine", "VLLMOptions", "vllm_available"]
 
 # LoRA ranks vLLM accepts for max_lora_rank.
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-class VLLMOptions(BaseModel):
-    """`engine_options` of the vLLM engine. Anything else of `AsyncEngineArgs` goes in `engine_args`.
-
-    vLLM's `max_model_len` is the member's `context_window` (the budget trims to it), `dtype` its `dtype` and
-    `model` its `model`: they are set in the member's config, not here.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kv_cache_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).")
-    cpu_threads_bind: str = Field(
-        "nobind",
-        min_length=1,
-        description="CPU only: VLLM_CPU_OMP_THREADS_BIND: 'nobind' (with omp_num_threads), 'auto', or core ids "
-        "such as '0-3'.",
-    )
-    omp_num_threads: int | None = Field(
-        1, ge=1, description="CPU only: OMP_NUM_THREADS of the engine's worker (None: inherit this process's)."
-    )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of the GPU's memory.")
-    enforce_eager: bool | None = Field(
-        None, description="No compilation / CUDA graphs; default: True on CPU (compiling costs minutes), else False."
-    )
-    max_num_seqs: int | None = Field(None, ge=1, description="Most sequences decoded at once (vLLM's default).")
-    max_num_batched_tokens: int | None = Field(None, ge=1, description="Most tokens per scheduler step.")
-    enable_prefix_caching: bool | None = Field(None, description="Reuse the KV cache of shared prompt prefixes.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans.")
-    seed: int = Field(0, description="The engine's base seed (requests may set their own).")
-    engine_args: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Further AsyncEngineArgs fields, passed through as given (names checked when the engine starts).",
-    )
 
 
 def vllm_available() -> bool:
@@ -254,6 +219,10 @@ class VLLMEngine:
         log.info("specialist %s: vLLM engine on %s up in %.1fs (%s)", self.name, self._device, self.load_s, args.dtype)
 
     async def shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """`shutdown` from synchronous code (a destructor): stops the engine core processes now."""
         self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 from ray.serve import Application
 
-from council.config import CouncilConfig, DeploymentOptions, SpecialistConfig, format_validation_error
+from council.backends.faulty import Faults
+from council.config import CouncilConfig, SpecialistConfig, format_validation_error
 from council.errors import ConfigError
 from council.serving.aggregator import AggregatorServer
 from council.serving.ingress import RouterIngress
-from council.serving.specialist import Fault, SpecialistServer
+from council.serving.specialist import AsyncSpecialistServer, SpecialistServer
 from council.serving.store import RetrievalServer
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class AppArgs(BaseModel):
     config_dict: dict[str, Any] | None = Field(
         default=None, description="The council config inline, instead of `config`."
     )
-    faults: dict[str, Fault] = Field(
+    faults: dict[str, Faults] = Field(
         default_factory=dict, description="Fault injection per specialist name, for resilience testing only."
     )
     env: dict[str, str] = Field(
@@ -70,11 +71,20 @@ def load_config(args: AppArgs) -> CouncilConfig:
     return config.model_copy(update={"retrieval": config.retrieval.model_copy(update={"path": store})})
 
 
-def _replica_options(d: DeploymentOptions) -> dict[str, Any]:
+# A member whose engine batches continuously (vLLM) takes many requests at once: that is how it batches.
+SELF_BATCHING_MAX_ONGOING = 256
+
+
+def _replica_options(spec: SpecialistConfig) -> dict[str, Any]:
     """Serve options of one specialist deployment, straight from its config."""
+    d = spec.deployment
+    # An engine that batches itself needs the requests in the replica: a higher default than ours (16).
+    ongoing = d.max_ongoing_requests
+    if spec.engine == "vllm" and "max_ongoing_requests" not in d.model_fields_set:
+        ongoing = SELF_BATCHING_MAX_ONGOING
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
-        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_ongoing_requests": ongoing,
         "max_queued_requests": d.max_queued_requests,
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
@@ -83,7 +93,7 @@ def _replica_options(d: DeploymentOptions) -> dict[str, Any]:
         opts["autoscaling_config"] = d.autoscaling.model_dump(exclude_none=True)
     else:
         opts["num_replicas"] = d.num_replicas
-    if d.max_ongoing_requests < d.max_batch_size:
+    if spec.engine == "transformers" and d.max_ongoing_requests < d.max_batch_size:
         log.warning(
             "max_ongoing_requests=%d < max_batch_size=%d: batches can never fill",
             d.max_ongoing_requests,
@@ -92,13 +102,16 @@ def _replica_options(d: DeploymentOptions) -> dict[str, Any]:
     return opts
 
 
-def _specialist(spec: SpecialistConfig, fault: Fault | None, config: CouncilConfig) -> Application:
-    options = _replica_options(spec.deployment)
-    deployment: Any = serve.deployment(SpecialistServer, name=specialist_deployment_name(spec.name), **options)
+def _specialist(spec: SpecialistConfig, fault: Faults | None, config: CouncilConfig) -> Application:
+    options = _replica_options(spec)
+    # vLLM's engine starts on the replica's event loop (an async __init__); the engine itself sets its CPU
+    # environment (KV cache, thread binding) from engine_options before it spawns its core process.
+    server = SpecialistServer if spec.engine == "transformers" else AsyncSpecialistServer
+    deployment: Any = serve.deployment(server, name=specialist_deployment_name(spec.name), **options)
     embed = config.aggregator.answers_embedded_by == "members"
     return deployment.bind(
         spec.model_dump(mode="json"),
-        fault.model_dump() if fault else None,
+        fault.model_dump(exclude_unset=True) if fault else None,
         answer_embedder=(config.retrieval.embedder or "") if embed else None,
     )
 

@@ -1,4 +1,8 @@
-"""SpecialistServer: one specialist on its own deployment, batching concurrent requests into forward passes.
+"""SpecialistServer: one specialist on its own deployment, a thin shim over the member's engine.
+
+The engine is the member's `engine:` (council.backends.engines). The transformers engine runs one padded forward
+pass per batch, so the server batches in front of it (PassGate + a per-instance @serve.batch); the vLLM engine
+schedules concurrent requests itself (`batches_itself`), so each request goes straight to it.
 
 Plain classes, no decorators: `app.py` turns them into deployments and binds them.
 """
@@ -7,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from council.agreement import is_unknown
+from council.backends.engine import Engine, EngineDelta, EngineRequest, EngineSpecialist
 from council.batching import PassGate
 from council.config import SpecialistConfig
 from council.errors import InvalidRequest
@@ -27,50 +29,47 @@ from council.types import Generation
 log = logging.getLogger(__name__)
 
 
-class Fault(BaseModel):
-    """Fault injection for resilience testing: make one specialist slow or failing, on purpose.
-
-    Set through `build_app(args={"faults": {name: {...}}})` (or the Serve config's `args`); never in
-    production configs.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    delay_s: float = Field(default=0.0, ge=0, description="Sleep this long before answering each request.")
-    error: str | None = Field(default=None, description="Fail every request with RuntimeError(error).")
-    hang_s: float = Field(
-        default=0.0, ge=0, description="Block the worker thread this long in each forward pass (a wedged model)."
-    )
-
-
 class SpecialistServer:
-    """One specialist on its own deployment: batches concurrent `generate` calls into one forward pass."""
+    """One specialist on its own deployment: `generate` over its engine; `check_health` is the engine's.
+
+    A transformers member is loaded when this returns; another engine starts with `await start()` (or its first
+    request): `AsyncSpecialistServer` does that in Serve's replica, on the replica's own event loop.
+    """
 
     def __init__(
         self, config: dict[str, Any], fault: dict[str, Any] | None = None, answer_embedder: str | None = None
     ) -> None:
-        """`answer_embedder`: embed each answer right after generating it, with this sentence-transformers model
+        """`fault`: fault injection for resilience tests (council.backends.faulty.Faults fields), None: none.
+        `answer_embedder`: embed each answer right after generating it, with this sentence-transformers model
         ("" = the bundled MiniLM), and return the vector with the Generation; None: do not embed."""
-        from council.backends.transformers import TransformersSpecialist
+        from council.backends.engines import build_engine
+        from council.backends.faulty import Faults, FaultyEngine
+        from council.backends.hf_engine import TransformersEngine
 
         self.config = SpecialistConfig.model_validate(config)
-        self.fault = Fault.model_validate(fault or {})
-        self.specialist = TransformersSpecialist(self.config)
+        base = build_engine(self.config, self.config.engine, self.config.engine_options)
+        if isinstance(base, TransformersEngine):
+            base.load()  # as before the engines: the replica is ready once its model is
+        self.base_engine = base
+        # Requests batched by us meet the delay and error fault one by one, on arrival (see generate).
+        self.batched = not base.batches_itself
+        self.faulty: FaultyEngine | None = None
+        self.engine: Engine = base
+        if fault:
+            faults = Faults.model_validate({"stuck_after_s": self.config.deployment.stuck_after_s, **fault})
+            self.faulty = FaultyEngine(base, faults, admitted_by_caller=self.batched)
+            self.engine = self.faulty
+        self.specialist = EngineSpecialist(self.engine)
+        self._start_lock = asyncio.Lock()
         self.answer_embedder: Embedder | None = None
         if answer_embedder is not None:
             from council.backends.embeddings import get_embedder
 
             self.answer_embedder = get_embedder(answer_embedder or None)
             self.answer_embedder.embed(["warm up"])  # first-pass allocations at start-up, not in the first request
-        # A failed forward pass makes the next health check try the model again (see check_health).
-        self._suspect: str | None = None
-        # Forward passes in flight (ticket -> start): one running past stuck_after_s fails the health check.
-        self._running: dict[int, float] = {}
-        self._running_lock = threading.Lock()
-        self._tickets = itertools.count()
         self._stats = {
             "requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0,
-            "generate_cpu_ms": 0, "embed_cpu_ms": 0,
+            "embed_cpu_ms": 0, "streams": 0,
         }  # fmt: skip
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
@@ -82,20 +81,36 @@ class SpecialistServer:
             max_batch_size=options.max_batch_size, batch_wait_timeout_s=options.batch_wait_timeout_s
         )(self._run_batch)
         self._in_generate = 0  # requests inside generate(): at the gate, queued or in a pass
-        if self.fault != Fault():
-            log.warning("specialist %s runs with injected fault %s", self.config.name, self.fault)
 
-    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
-        """Answer a question from its (already trimmed) passages."""
+    async def start(self) -> None:
+        """Start the engine (idempotent); vLLM builds its engine core here (~30 s for the demo checkpoint)."""
+        async with self._start_lock:
+            if not self.engine.ready:
+                t0 = time.perf_counter()
+                await self.engine.start()
+                took = time.perf_counter() - t0
+                log.info("specialist %s: %s engine up in %.1fs", self.config.name, self.engine.kind, took)
+
+    async def generate(
+        self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None = None
+    ) -> Generation:
+        """Answer a question from its (already trimmed) passages. Cancelling the call aborts an engine request
+        that batches itself (vLLM); a transformers pass that has begun runs to its end.
+
+        `sampling`: overrides of the member's decoding for this request (`Sampling` fields: max_tokens, temperature,
+        top_p, seed, stop, ignore_eos); the prompt and max_tokens must fit the member's context window."""
         self._stats["requests"] += 1
         self._in_generate += 1
         try:
-            await self._inject_fault()
-            await self._gate.wait_idle()
-            # The batch wait only pays when others are on their way: a request alone in the replica runs at once.
-            alone = self._in_generate == 1
-            self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.config.deployment.batch_wait_timeout_s)
-            result: Generation = await self._generate_batch((question, tuple(passages)))
+            if not self.engine.ready:
+                await self.start()
+            request = self._request(question, passages, sampling)
+            if self.batched:
+                if self.faulty is not None:
+                    await self.faulty.admit()
+                result = await self._generate_batched(request)
+            else:
+                result = await self._generate_alone(request)
         except asyncio.CancelledError:
             self._stats["cancelled"] += 1
             raise
@@ -106,35 +121,70 @@ class SpecialistServer:
             self._in_generate -= 1
         return result
 
-    async def _run_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
-        """One @serve.batch batch (see __init__): a single forward pass for all of `items`."""
-        # A worker thread keeps the replica's event loop free to take the next batch's requests.
-        self._stats["batches"] += 1
-        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(items))
+    async def stream(
+        self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[EngineDelta]:
+        """`generate`, streamed: the answer's text as the engine produces it (call with
+        `handle.options(stream=True)`). Each delta carries the new text; the last one has `finish_reason` and the
+        token counts. Not batched by us (one pass per stream on transformers); closing the stream or cancelling
+        its consumer aborts the engine request. Text is not stripped and no vector comes with it."""
+        self._stats["requests"] += 1
+        self._stats["streams"] += 1
         try:
-            with self._gate.busy():
-                return await asyncio.to_thread(self._forward, items)
-        except InvalidRequest:  # the request's fault, not the model's
+            if not self.engine.ready:
+                await self.start()
+            request = self._request(question, passages, sampling)
+            if self.batched and self.faulty is not None:
+                await self.faulty.admit()
+            deltas = self.engine.stream(request)
+            try:
+                async for delta in deltas:
+                    yield delta
+            finally:  # now, not when garbage-collected: closing the engine's stream aborts its request
+                aclose = getattr(deltas, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        except (asyncio.CancelledError, GeneratorExit):
+            self._stats["cancelled"] += 1
             raise
-        except Exception as e:
-            self._suspect = f"{type(e).__name__}: {e}"
+        except Exception:
+            self._stats["errors"] += 1
             raise
 
-    def _forward(self, items: list[tuple[str, tuple[str, ...]]]) -> list[Generation]:
-        # Timed in the worker thread itself: a cancelled caller does not stop a thread that hangs.
-        ticket = next(self._tickets)
-        with self._running_lock:
-            self._running[ticket] = time.monotonic()
+    def _request(self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None) -> EngineRequest:
         try:
-            if self.fault.hang_s:
-                time.sleep(self.fault.hang_s)
-            cpu = time.thread_time()
-            generations = self.specialist.generate_batch(items)
-            self._stats["generate_cpu_ms"] += round((time.thread_time() - cpu) * 1000)
-            return self._embed_answers(generations)
-        finally:
-            with self._running_lock:
-                del self._running[ticket]
+            return self.specialist.request(question, passages, **dict(sampling or {}))
+        except (TypeError, ValueError) as e:  # an unknown field, or a value Sampling refuses
+            raise InvalidRequest(f"specialist {self.config.name}: bad sampling {dict(sampling or {})}: {e}") from None
+
+    async def _generate_batched(self, request: EngineRequest) -> Generation:
+        await self._gate.wait_idle()
+        # The batch wait only pays when others are on their way: a request alone in the replica runs at once.
+        alone = self._in_generate == 1
+        self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.config.deployment.batch_wait_timeout_s)
+        result: Generation = await self._generate_batch(request)
+        return result
+
+    async def _generate_alone(self, request: EngineRequest) -> Generation:
+        # The engine batches concurrent requests itself; a CancelledError here reaches its generator and aborts it.
+        [out] = await self.engine.generate([request])
+        generation = out.to_generation()
+        if self.answer_embedder is None:
+            return generation
+        [generation] = await asyncio.to_thread(self._embed_answers, [generation])
+        return generation
+
+    async def _run_batch(self, requests: list[EngineRequest]) -> list[Generation]:
+        """One @serve.batch batch (see __init__): one forward pass for the batch's requests (one per set of
+        sampling settings), then their answers' vectors."""
+        self._stats["batches"] += 1
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(requests))
+        with self._gate.busy():
+            # The engine runs the pass in a worker thread: the replica's event loop takes the next batch's requests.
+            generations = [out.to_generation() for out in await self.engine.generate(requests)]
+            if self.answer_embedder is None:
+                return generations
+            return await asyncio.to_thread(self._embed_answers, generations)
 
     def _embed_answers(self, generations: list[Generation]) -> list[Generation]:
         # One pass for the batch's distinct answers; "unknown" needs no vector (it never merges with an answer).
@@ -152,28 +202,37 @@ class SpecialistServer:
             for g in generations
         ]
 
-    async def _inject_fault(self) -> None:
-        if self.fault.delay_s:
-            await asyncio.sleep(self.fault.delay_s)
-        if self.fault.error is not None:
-            raise RuntimeError(self.fault.error)
-
     async def check_health(self) -> None:
-        """Serve's health check: no forward pass may run past `stuck_after_s` (a wedged model), and after a
-        failed generation the model must generate one token again."""
-        with self._running_lock:
-            oldest = min(self._running.values(), default=None)
-        limit = self.config.deployment.stuck_after_s
-        if oldest is not None and time.monotonic() - oldest > limit:
-            stuck = time.monotonic() - oldest
-            raise RuntimeError(f"specialist {self.config.name}: a forward pass has run {stuck:.0f}s (> {limit:g}s)")
-        if self._suspect is None:
-            return
-        if not await asyncio.to_thread(self.specialist.healthy):
-            raise RuntimeError(f"specialist {self.config.name} is not usable: {self._suspect}")
-        self._suspect = None
+        """Serve's health check is the engine's: a wedged forward pass (past `stuck_after_s`), a model that fails
+        again after a failed generation, or a dead vLLM engine core fail it."""
+        await self.engine.check_health()
 
     def stats(self) -> dict[str, int]:
-        """Counters of this replica: requests, errors, cancelled, batches run, the largest batch, answers embedded,
-        and the CPU milliseconds its forward-pass threads spent generating and embedding answers."""
-        return dict(self._stats)
+        """Counters of this replica: requests (streams among them), errors, cancelled, batches run by us and the
+        largest one (0 for an engine that batches itself), answers embedded, the CPU milliseconds its worker
+        threads spent generating (transformers) and embedding answers, and `running`: the requests the engine
+        holds right now."""
+        return {
+            **self._stats,
+            "generate_cpu_ms": int(getattr(self.base_engine, "cpu_ms", 0)),
+            "running": self.engine.num_running(),
+        }
+
+    def close(self) -> None:
+        """Stop the engine's processes now (vLLM's engine core), from synchronous code."""
+        close = getattr(getattr(self, "base_engine", None), "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncSpecialistServer(SpecialistServer):
+    """The deployment of a member whose engine starts asynchronously (vLLM): Serve awaits this `__init__` on the
+    replica's event loop, so the engine's output handler lives on the loop its requests come in on, and the
+    replica is ready only once the engine is."""
+
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
+        SpecialistServer.__init__(self, *args, **kwargs)
+        await self.start()
+
+    def __del__(self) -> None:  # Serve calls it when the replica stops: no engine core left behind
+        self.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from council.backends.embeddings import get_embedder
+from council.errors import InvalidRequest
 from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
 from tests.fakes import until
 
@@ -67,15 +68,15 @@ async def test_requests_arriving_during_a_forward_pass_form_one_batch(tmp_path: 
     server = SpecialistServer(config.model_dump())
     # The first forward pass holds until the test lets it go: everything after it arrives during the pass.
     in_pass, release = threading.Event(), threading.Event()
-    run = server.specialist.generate_batch
+    run = server.engine.generate
 
-    def held_pass(items):  # noqa: ANN001, ANN202 - runs in the replica's worker thread
+    async def held_pass(requests):  # noqa: ANN001, ANN202 - the batch's call into the engine
         if not in_pass.is_set():
             in_pass.set()
-            assert release.wait(60), "never released"
-        return run(items)
+            assert await asyncio.to_thread(release.wait, 60), "never released"
+        return await run(requests)
 
-    server.specialist.generate_batch = held_pass  # type: ignore[method-assign]
+    server.engine.generate = held_pass  # type: ignore[method-assign]
     first = asyncio.create_task(server.generate("question 0", []))
     await until(in_pass.is_set, "the first pass started")
     later = [asyncio.create_task(server.generate(f"question {i}", [])) for i in range(1, 6)]
@@ -103,3 +104,49 @@ async def test_a_lone_request_does_not_wait_for_the_batch_window(tmp_path: Path)
     server = SpecialistServer(config.model_dump())
     await asyncio.wait_for(asyncio.gather(*(server.generate(f"together {i}", ()) for i in range(4))), 60)
     assert server.stats()["batches"] == 1 and server.stats()["largest_batch"] == 4
+
+
+async def test_faults_come_from_the_wrapper_engine_and_meet_each_request_on_arrival(tmp_path: Path) -> None:
+    import time
+
+    from council.backends.faulty import FaultyEngine
+    from council.serving.specialist import SpecialistServer
+
+    config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), deployment={"max_batch_size": 1})
+    slow = SpecialistServer(config.model_dump(), fault={"delay_s": 0.5})
+    assert isinstance(slow.engine, FaultyEngine) and slow.engine.faults.stuck_after_s == 300.0
+    await slow.generate("warm up", ())
+    t0 = time.monotonic()
+    await asyncio.gather(*(slow.generate(f"q {i}", ()) for i in range(4)))
+    # Batches of one: a delay inside each pass would take 4 x 0.5 s; on arrival the four delays overlap.
+    assert time.monotonic() - t0 < 1.6
+    broken = SpecialistServer(config.model_dump(), fault={"error": "injected"})
+    with pytest.raises(RuntimeError, match="injected"):
+        await broken.generate("q", ())
+    await broken.check_health()  # a failing member is not a dead model
+    assert broken.stats()["errors"] == 1 and broken.stats()["batches"] == 0
+    plain = SpecialistServer(config.model_dump())
+    assert plain.engine.kind == "transformers"
+    # Per-request decoding overrides; a bad one is the request's fault.
+    long = await plain.generate("q", (), {"max_tokens": 5, "ignore_eos": True, "stop": []})
+    assert long.completion_tokens == 5
+    with pytest.raises(InvalidRequest):
+        await plain.generate("q", (), {"max_token": 5})
+
+
+async def test_a_stream_yields_the_answer_as_generate_gives_it_and_closing_it_stops_the_pass(tmp_path: Path) -> None:
+    from council.serving.specialist import SpecialistServer
+
+    config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), generation={"max_new_tokens": 6, "stop": []})
+    server = SpecialistServer(config.model_dump())
+    whole = await server.generate("a question", ())
+    deltas = [d async for d in server.stream("a question", ())]
+    assert "".join(d.text for d in deltas).strip() == whole.text
+    assert deltas[-1].finished and deltas[-1].completion_tokens == whole.completion_tokens
+    assert all(not d.finished for d in deltas[:-1])
+    long = server.stream("a question", (), {"max_tokens": 200, "ignore_eos": True})
+    await anext(long)
+    assert server.stats()["running"] == 1
+    await long.aclose()  # the consumer went away: the engine request ends
+    await until(lambda: server.stats()["running"] == 0, "the stream's request ended")
+    assert server.stats()["streams"] == 2 and server.stats()["cancelled"] == 1
