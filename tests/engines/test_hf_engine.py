@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from council.backends.engine import EngineDead, EngineRequest, Sampling
 from council.backends.hf_engine import TransformersEngine
@@ -14,14 +12,6 @@ from council.config import SpecialistConfig
 from tests.engines.prompts import demo_prompts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hf(legal: SpecialistConfig) -> AsyncIterator[TransformersEngine]:
-    engine = TransformersEngine(legal)
-    await engine.start()
-    yield engine
-    await engine.shutdown()
 
 
 async def test_answers_equal_todays_specialist(hf: TransformersEngine) -> None:

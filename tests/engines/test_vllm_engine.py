@@ -39,14 +39,6 @@ async def vllm(legal: SpecialistConfig) -> AsyncIterator[VLLMEngine]:
     await engine.shutdown()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hf(legal: SpecialistConfig) -> AsyncIterator[TransformersEngine]:
-    engine = TransformersEngine(legal)
-    await engine.start()
-    yield engine
-    await engine.shutdown()
-
-
 @in_module_loop
 async def test_greedy_answers_equal_the_transformers_engine(vllm: VLLMEngine, hf: TransformersEngine) -> None:
     assert vllm.ready

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,25 @@ class RayHead:
                     raise
                 log.info("job server not ready yet: %s", e)
                 time.sleep(2.0)
+
+    def app_status(self, app: str = "council") -> str:
+        """An app's status from the dashboard's Serve API (with the token), or '' when absent."""
+        resp = requests.get(f"{self.dashboard_url}/api/serve/applications/", headers=self.headers(), timeout=30)
+        resp.raise_for_status()
+        return str(resp.json().get("applications", {}).get(app, {}).get("status", ""))
+
+    def deploy(self, serve_config: Path, timeout_s: float, poll_s: float = 2.0) -> None:
+        """`serve deploy` the config to this head (the real CLI), then wait until its `council` app is RUNNING."""
+        done = subprocess.run(
+            [str(VENV_BIN / "serve"), "deploy", str(serve_config), "--address", self.dashboard_url],
+            env=self.env, timeout=180, capture_output=True, text=True,
+        )
+        assert done.returncode == 0, f"serve deploy exited {done.returncode}: {done.stderr[-3000:]}"
+        deadline = time.monotonic() + timeout_s
+        while (status := self.app_status()) != "RUNNING":
+            assert status not in {"DEPLOY_FAILED", "UNHEALTHY"}, f"the app is {status}"
+            assert time.monotonic() < deadline, f"the app is still {status!r} after {timeout_s}s"
+            time.sleep(poll_s)
 
     def check_alive(self) -> None:
         """Fail with the tail of the head's log if `ray start` has exited (it stops everything when a part dies)."""

@@ -4,13 +4,11 @@ and the quickstart notebook through `Client.connect()`."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from tests.jobs.conftest import REPO, VENV_BIN, RayHead, free_port, seeded_council_yaml
@@ -18,13 +16,6 @@ from tests.jobs.test_batch import assert_exactly_once, batch_cmd, submit, wait_j
 from tests.jobs.test_notebooks import execute
 
 DEPLOY_TIMEOUT_S = 300.0
-
-
-def app_status(head: RayHead) -> str:
-    """The `council` app's status from the dashboard's Serve API (with the token), or '' when absent."""
-    resp = requests.get(f"{head.dashboard_url}/api/serve/applications/", headers=head.headers(), timeout=30)
-    resp.raise_for_status()
-    return str(resp.json().get("applications", {}).get("council", {}).get("status", ""))
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +29,7 @@ def deployed(ray_head: RayHead, tiny_models: list[Path], tmp_path_factory: pytes
     app["runtime_env"] = {"env_vars": {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}}
     path = tmp / "serve.yaml"
     path.write_text(yaml.safe_dump(serve_config))
-    subprocess.run(
-        [str(VENV_BIN / "serve"), "deploy", str(path), "--address", ray_head.dashboard_url],
-        check=True, env=ray_head.env, timeout=120, capture_output=True,
-    )
-    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-    while (status := app_status(ray_head)) != "RUNNING":
-        assert status not in {"DEPLOY_FAILED", "UNHEALTHY"}, f"the app is {status}"
-        assert time.monotonic() < deadline, f"the app is still {status!r} after {DEPLOY_TIMEOUT_S}s"
-        time.sleep(2.0)
+    ray_head.deploy(path, DEPLOY_TIMEOUT_S)
     yield path
     subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--yes", "--address", ray_head.dashboard_url],
                    env=ray_head.env, timeout=120, capture_output=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,12 +51,6 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RayHead
         head.stop()
 
 
-def app_status(head: RayHead) -> str:
-    resp = requests.get(f"{head.dashboard_url}/api/serve/applications/", headers=head.headers(), timeout=30)
-    resp.raise_for_status()
-    return str(resp.json().get("applications", {}).get("council", {}).get("status", ""))
-
-
 def test_the_readme_quickstart_runs_on_a_fresh_machine(newcomer: tuple[RayHead, Path], tmp_path: Path) -> None:
     head, home = newcomer
     env = head.env
@@ -69,12 +62,7 @@ def test_the_readme_quickstart_runs_on_a_fresh_machine(newcomer: tuple[RayHead, 
     serve_config["http_options"]["port"] = port
     local_yaml = tmp_path / "local.yaml"
     local_yaml.write_text(yaml.safe_dump(serve_config))
-    run([str(VENV_BIN / "serve"), "deploy", str(local_yaml), "--address", head.dashboard_url], env, 180)
-    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-    while (status := app_status(head)) != "RUNNING":
-        assert status not in {"DEPLOY_FAILED", "UNHEALTHY"}, f"the app is {status}"
-        assert time.monotonic() < deadline, f"the app is still {status!r} after {DEPLOY_TIMEOUT_S}s"
-        time.sleep(3.0)
+    head.deploy(local_yaml, DEPLOY_TIMEOUT_S, poll_s=3.0)
 
     # ray job submit ... -- python -m council.jobs.batch --input ... --output ...   (no --app)
     world = demo_world()
