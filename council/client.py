@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from council.errors import CouncilError, Overloaded, Unreachable
-from council.types import AskRequest, CouncilAnswer, Document
+from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
 
 if TYPE_CHECKING:
     from council.serving.app_handle import HandleTransport
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-# Every AskRequest field but the question is a per-request option of `ask`.
-OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AskRequest)) - {"question"}
+# Every AskRequest field but the question (and a chat's conversation) is a per-request option of `ask`.
+OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AskRequest)) - {"question", "conversation"}
+# What `Client.astream` yields.
+StreamEvent = RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
 
 
 def _error_types() -> dict[str, type[CouncilError]]:
@@ -128,10 +131,54 @@ class _Http:
             raise Unreachable(f"cannot reach the council at {self.url}: {e}") from None
         return _decode(resp)
 
+    async def astream(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
+        """POST `body` and yield each server-sent event's JSON until [DONE]; an error event raises it."""
+        import httpx
+
+        try:
+            async with self._aclient().stream("POST", self.url + path, json=body) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _decode(resp)
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[len("data: ") :]
+                    if data.strip() == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if isinstance(event, dict) and "error" in event:
+                        raise _stream_error(event)
+                    yield event
+        except httpx.TimeoutException as e:
+            raise Unreachable(f"no answer from {self.url} within the timeout ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise Unreachable(f"cannot reach the council at {self.url}: {e}") from None
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
             self._sync = None
+
+
+def _stream_error(event: dict[str, Any]) -> CouncilError:
+    """An error event of a stream as the council error its `type` names (its HTTP status is that error's)."""
+    cls = _error_types().get(str(event["error"].get("type")), CouncilError)
+    return error_from_response(cls.status, event)
+
+
+def stream_event(body: Mapping[str, Any]) -> StreamEvent:
+    """One deliberation event's JSON (POST /v1/council with stream, or the handle's ask_stream) as its type."""
+    kind = body.get("event")
+    if kind == "route":
+        return RouteDecision(scores=dict(body["scores"]), chosen=tuple(body["chosen"]))
+    if kind == "delta":
+        return MemberDelta(str(body["member"]), str(body["text"]))
+    if kind == "member":
+        return MemberAnswer.from_dict(body["member"])
+    if kind == "answer":
+        return CouncilAnswer.from_dict(body["answer"])
+    raise CouncilError(f"unknown stream event {kind!r}")
 
 
 def _decode(resp: Any) -> Any:
@@ -183,6 +230,22 @@ class Client:
             return CouncilAnswer.from_dict(self._http.request("POST", "/v1/council", payload))
         assert self._handle is not None
         return CouncilAnswer.from_dict(self._handle.call("ask", payload))
+
+    async def astream(self, question: str, **options: Any) -> AsyncIterator[StreamEvent]:
+        """`ask`, as the council deliberates: the RouteDecision (who is asked), each member's MemberAnswer as it
+        lands (failed and cancelled ones too), then the CouncilAnswer.
+
+        >>> async for event in Client().astream("What does Zorvex treat?"):
+        ...     if isinstance(event, MemberAnswer): print(event.name, event.answer)
+        """
+        payload = build_payload(question, options)
+        if self._http is not None:
+            events = self._http.astream("/v1/council", {**payload, "stream": True})
+        else:
+            assert self._handle is not None
+            events = self._handle.astream("ask_stream", payload)
+        async for body in events:
+            yield stream_event(body)
 
     async def aask(self, question: str, **options: Any) -> CouncilAnswer:
         """`ask` for asyncio code; many may run concurrently on one client."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,15 +17,42 @@ from council.agreement import is_unknown, route_weight
 from council.batching import embed_async
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
-from council.protocols import Aggregator, Embedder, Retriever, Specialist
+from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
 from council.retrieval import check_tenant
-from council.types import ORDERINGS, AskRequest, Chunk, CouncilAnswer, MemberAnswer, TrimReport
+from council.types import (
+    CHAT_ROLES,
+    ORDERINGS,
+    SAMPLING_FIELDS,
+    AskRequest,
+    Chunk,
+    Conversation,
+    CouncilAnswer,
+    Generation,
+    MemberAnswer,
+    MemberDelta,
+    RouteDecision,
+    TrimReport,
+)
+
+# What a deliberation yields as it happens (see Council.deliberate): the route chosen, pieces of a member's
+# answer (when streaming tokens), each member's answer as it lands, and last the council's answer.
+Event = RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
+Emit = Callable[[Event], None]
+
+
+def _ignore(_: Event) -> None:
+    return None
+
 
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
 MAX_DOCUMENTS = 32
 MAX_DOCUMENT_CHARS = 20000
+# A chat request's messages before its question (system messages, earlier turns).
+MAX_HISTORY_MESSAGES = 64
+MAX_HISTORY_CHARS = 16000
+MAX_STOP_STRINGS = 4
 # Control characters other than tab/newline carry no meaning in a question and confuse tokenizers.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -56,7 +83,58 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     for i, doc in enumerate(req.documents):
         if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
             raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
+    if req.conversation is not None:
+        _check_conversation(req.conversation, req, config)
     return AskRequest(**{**req.__dict__, "question": question})
+
+
+def _check_conversation(conv: Conversation, req: AskRequest, config: CouncilConfig) -> None:
+    """A chat request's history and decoding settings; max_tokens over a named member's limit is refused (the
+    router's own choices are capped to theirs instead, see `Conversation.for_member`)."""
+    if len(conv.history) > MAX_HISTORY_MESSAGES:
+        raise InvalidRequest(f"messages: {len(conv.history) + 1} given; at most {MAX_HISTORY_MESSAGES + 1}")
+    for i, (role, _) in enumerate(conv.history):
+        if role not in CHAT_ROLES:
+            raise InvalidRequest(f"messages[{i}].role {role!r} is not one of {list(CHAT_ROLES)}")
+    chars = sum(len(text) for _, text in conv.history)
+    if chars > MAX_HISTORY_CHARS:
+        raise InvalidRequest(
+            f"messages before the last user message hold {chars} characters; the limit is {MAX_HISTORY_CHARS}"
+        )
+    s = conv.sampling
+    unknown = sorted(set(s) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise InvalidRequest(f"unknown sampling field(s) {unknown}; known: {list(SAMPLING_FIELDS)}")
+    if s.get("temperature") is not None and not 0 <= s["temperature"] <= 2:
+        raise InvalidRequest(f"temperature={s['temperature']} is out of range 0..2")
+    if s.get("top_p") is not None and not 0 < s["top_p"] <= 1:
+        raise InvalidRequest(f"top_p={s['top_p']} is out of range (0, 1]")
+    stop = s.get("stop") or ()
+    if len(stop) > MAX_STOP_STRINGS or not all(isinstance(x, str) and x for x in stop):
+        raise InvalidRequest(f"stop: at most {MAX_STOP_STRINGS} non-empty strings, got {list(stop)!r}")
+    max_tokens = s.get("max_tokens")
+    if max_tokens is None:
+        return
+    if max_tokens < 1:
+        raise InvalidRequest(f"max_tokens={max_tokens} must be >= 1")
+    limits = {m.name: m.generation.max_new_tokens for m in config.specialists}
+    for name in req.specialists or ():
+        if (limit := limits.get(name)) is not None and max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens={max_tokens} is over specialist {name}'s limit of {limit} tokens "
+                "(its generation.max_new_tokens)",
+                details={"max_tokens": max_tokens, "limit": limit},
+            )
+
+
+def _check_room(chosen: Sequence[str], plans: Mapping[str, Plan]) -> list[str]:
+    """The chosen members the question does not fit; QuestionTooLong when it fits none of them."""
+    too_long = [n for n in chosen if plans[n][0][1].budget_tokens < 0]
+    if len(too_long) == len(chosen):
+        raise QuestionTooLong(
+            "the question leaves no room in the context window of any chosen specialist: " + ", ".join(too_long)
+        )
+    return too_long
 
 
 class _AnswerVectors:
@@ -152,6 +230,26 @@ class Council:
 
     async def ask(self, request: AskRequest) -> CouncilAnswer:
         """Answer one question; raises InvalidRequest/QuestionTooLong/QuorumNotMet with clear messages."""
+        return await self._ask(request, _ignore, tokens=False)
+
+    async def deliberate(self, request: AskRequest, *, tokens: bool = False) -> AsyncGenerator[Event, None]:
+        """`ask`, as it happens: the RouteDecision once the members' contexts are ready (errors in the request
+        are raised before it), each MemberAnswer as it lands (failed, timed-out and cancelled ones too), and the
+        CouncilAnswer last. `tokens`: members that can stream (a single ordering) also yield MemberDelta pieces
+        of their answer as their engine produces them. Closing the iterator early cancels the deliberation."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        task = asyncio.create_task(self._ask(request, queue.put_nowait, tokens=tokens))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            yield task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=1.0)
+
+    async def _ask(self, request: AskRequest, emit: Emit, *, tokens: bool) -> CouncilAnswer:
         req = validate(request, self.config)
         cfg, watch = self.config, _Stopwatch()
         t0 = time.perf_counter()
@@ -176,10 +274,14 @@ class Council:
                 ordering=req.ordering or cfg.aggregator.ordering,
                 orderings=req.orderings or cfg.aggregator.orderings,
             )
+        _check_room(decision.chosen, plans)
+        emit(decision)  # the request is sound: its members are being asked
         vectors = _AnswerVectors(self.embedder)
         try:
             with watch.stage("members"):
-                members = await self._fan_out(req, decision.chosen, decision.scores, plans, vectors)
+                members = await self._fan_out(
+                    req, decision.chosen, decision.scores, plans, vectors, emit=emit, tokens=tokens
+                )
             with watch.stage("aggregate"):
                 answered = [m for m in members if m.ok]
                 quorum = self._quorum(decision.chosen)
@@ -224,19 +326,21 @@ class Council:
         scores: Mapping[str, float],
         plans: Mapping[str, Plan],
         vectors: _AnswerVectors,
+        *,
+        emit: Emit,
+        tokens: bool,
     ) -> list[MemberAnswer]:
-        """Ask every chosen member in parallel; no member holds the request past the member timeout."""
+        """Ask every chosen member in parallel; no member holds the request past the member timeout. Each
+        member's answer is emitted as it lands."""
         cfg = self.config.router
-        too_long = [n for n in chosen if plans[n][0][1].budget_tokens < 0]
-        if len(too_long) == len(chosen):
-            raise QuestionTooLong(
-                "the question leaves no room in the context window of any chosen specialist: " + ", ".join(too_long)
-            )
+        too_long = _check_room(chosen, plans)
         results: dict[str, MemberAnswer] = {
             n: MemberAnswer(n, scores[n], error="question too long for this member's context window") for n in too_long
         }
+        for answer in results.values():
+            emit(answer)
         tasks = {
-            asyncio.create_task(self._ask_member(n, req.question, plans[n], scores[n], vectors)): n
+            asyncio.create_task(self._ask_member(n, req, plans[n], scores[n], vectors, emit if tokens else None)): n
             for n in chosen
             if n not in results
         }
@@ -253,6 +357,7 @@ class Council:
                 results[tasks[task]] = answer = task.result()
                 if answer.ok:
                     vectors.start([answer.answer or ""])
+                emit(answer)
             if early_exit and pending and await self._settled(results, chosen, scores, vectors):
                 break
         for task in pending:
@@ -265,18 +370,36 @@ class Council:
                 cancelled=not timed_out,
                 error=f"timed out after {cfg.member_timeout_s:g}s" if timed_out else None,
             )
+            emit(results[name])
         if pending:
             # Give cancellation a moment to reach remote calls; never wait on a stuck member.
             await asyncio.wait(pending, timeout=0.05)
         return [results[n] for n in chosen]
 
     async def _ask_member(
-        self, name: str, question: str, plan: Plan, score: float, vectors: _AnswerVectors
+        self,
+        name: str,
+        req: AskRequest,
+        plan: Plan,
+        score: float,
+        vectors: _AnswerVectors,
+        emit: Emit | None = None,
     ) -> MemberAnswer:
-        """One member's answer (voted across orderings); any failure becomes data, not an exception."""
+        """One member's answer (voted across orderings); any failure becomes data, not an exception. With
+        `emit`, a member that streams and reads one ordering emits its answer's pieces as they come."""
         spec = self.specialists[name]
+        conv = req.conversation
+        if conv is not None:
+            conv = conv.for_member(self.config.specialist(name).generation.max_new_tokens)
         try:
-            gens = await asyncio.gather(*(spec.generate(question, passages) for passages, _ in plan))
+            if conv is not None and not isinstance(spec, ChatSpecialist):
+                raise InvalidRequest(f"member {name} takes plain questions only (no chat history or sampling)")
+            if emit is not None and len(plan) == 1 and isinstance(spec, ChatSpecialist):
+                gens = [await self._stream_member(spec, req.question, plan[0][0], conv, emit)]
+            elif conv is not None and isinstance(spec, ChatSpecialist):
+                gens = await asyncio.gather(*(spec.generate(req.question, passages, conv) for passages, _ in plan))
+            else:
+                gens = await asyncio.gather(*(spec.generate(req.question, passages) for passages, _ in plan))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a member's failure must never sink the council
@@ -298,7 +421,22 @@ class Council:
             latency_s=max(g.latency_s for g in gens),
             ordering_answers=tuple(texts) if len(texts) > 1 else (),
             consistency=consistency if len(texts) > 1 else None,
+            finish_reason=gens[winner].finish_reason,
         )
+
+    @staticmethod
+    async def _stream_member(
+        spec: ChatSpecialist, question: str, passages: Sequence[str], conv: Conversation | None, emit: Emit
+    ) -> Generation:
+        pieces = spec.stream(question, passages, conv)
+        try:
+            async for piece, done in pieces:
+                if done is not None:
+                    return done
+                emit(MemberDelta(spec.name, piece))
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
+        raise RuntimeError(f"member {spec.name}: its stream ended without an answer")
 
     async def _settled(
         self,

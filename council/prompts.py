@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 # The answer a specialist gives when neither its weights nor the passages hold the fact.
 UNKNOWN = "unknown"
+# Chat roles whose text instructs rather than converses ("developer" is OpenAI's newer name for "system").
+SYSTEM_ROLES = frozenset({"system", "developer"})
 # The "<" of anything that reads as a fence marker, in any case or spacing ("</PASSAGE", "< / passage").
 # Replacing only that "<" removes every match in one pass: a substitution never creates a new "<".
 _FENCE = re.compile(r"<(?=\s*/?\s*passage)", re.IGNORECASE)
@@ -28,11 +30,16 @@ class PromptTemplate:
         clean = _FENCE.sub("(", text)
         return self.passage.format(i=index, text=clean)
 
-    def render(self, question: str, passages: Sequence[str]) -> str:
+    def render(self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()) -> str:
+        """The prompt; `history` (a chat's system messages and earlier turns) follows the template's own
+        system line: system text joins it, turns become "role : text" lines."""
         block = "".join(self.render_passage(i + 1, p) for i, p in enumerate(passages))
-        return self.body.format(
-            system=self.system, passages=block or self.no_passages, question=question.strip()
-        )
+        system = self.system
+        extra = [text.strip() for role, text in history if role in SYSTEM_ROLES and text.strip()]
+        turns = [f"{role} : {text.strip()}" for role, text in history if role not in SYSTEM_ROLES]
+        if extra or turns:
+            system = "\n".join([system, *extra, *turns])
+        return self.body.format(system=system, passages=block or self.no_passages, question=question.strip())
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -77,8 +84,13 @@ def strip_markers(text: str, pattern: re.Pattern[str] | None) -> str:
         text = clean
 
 
-def chat_messages(template: PromptTemplate, question: str, passages: Sequence[str]) -> list[dict[str, str]]:
-    """The same content as chat messages, for models whose tokenizer has a chat template."""
+def chat_messages(
+    template: PromptTemplate, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()
+) -> list[dict[str, str]]:
+    """The same content as chat messages, for models whose tokenizer has a chat template: one system message (the
+    template's, then the chat's own system text), the chat's earlier turns, then passages + question."""
     block = "".join(template.render_passage(i + 1, p) for i, p in enumerate(passages))
     user = f"{block or template.no_passages}question : {question.strip()}"
-    return [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+    system = "\n".join([template.system, *(t.strip() for r, t in history if r in SYSTEM_ROLES and t.strip())])
+    turns = [{"role": r, "content": t} for r, t in history if r not in SYSTEM_ROLES]
+    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}]

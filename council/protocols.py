@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from council.types import Chunk, Document, Generation, MemberAnswer
+from council.types import Chunk, Conversation, Document, Generation, MemberAnswer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +48,22 @@ class Specialist(Protocol):
     name: str
 
     async def generate(self, question: str, passages: Sequence[str]) -> Generation: ...
+
+
+@runtime_checkable
+class ChatSpecialist(Specialist, Protocol):
+    """A member that also takes a chat's history and decoding settings, and streams its answer (a Serve
+    deployment's handle, `HandleSpecialist`)."""
+
+    async def generate(  # type: ignore[override]
+        self, question: str, passages: Sequence[str], conversation: Conversation | None = None
+    ) -> Generation: ...
+
+    def stream(
+        self, question: str, passages: Sequence[str], conversation: Conversation | None = None
+    ) -> AsyncIterator[tuple[str, Generation | None]]:
+        """("piece", None) per piece of the answer as it is produced, then ("", the whole Generation)."""
+        ...
 
 
 @runtime_checkable

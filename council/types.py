@@ -41,6 +41,8 @@ class Generation:
     latency_s: float
     # The stripped text's sentence embedding, when the member's replica computed it (see AggregatorConfig).
     embedding: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    # Why decoding ended: "stop" (end of sequence or a stop string), "length" (max_tokens), "abort".
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,14 @@ class TrimReport:
 
 
 @dataclass(frozen=True)
+class MemberDelta:
+    """A piece of one member's answer as its engine produces it (a streamed deliberation's token events)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
 class MemberAnswer:
     """One specialist's contribution. A failure is data: `error` is set and `answer` is None."""
 
@@ -81,10 +91,39 @@ class MemberAnswer:
     # With several orderings: each ordering's answer, and the share that agree with the member's vote.
     ordering_answers: tuple[str, ...] = ()
     consistency: float | None = None
+    # Why the member's decoding ended ("stop", "length"); None when it did not answer.
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.cancelled and self.answer is not None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemberAnswer:
+        """Inverse of `dataclasses.asdict` (the HTTP client, stream events)."""
+        return cls(**{**d, "ordering_answers": tuple(d.get("ordering_answers") or ())})
+
+
+# The decoding settings a request may set for its members (OpenAI chat fields of the same names).
+SAMPLING_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "top_p", "seed", "stop")
+CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a chat request adds to its question, for every member it reaches: the messages before the last user
+    message (system messages and earlier turns, as (role, text), in order) and decoding settings
+    (`SAMPLING_FIELDS`; absent: the member's configured `generation`)."""
+
+    history: tuple[tuple[str, str], ...] = ()
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_member(self, max_new_tokens: int) -> Conversation:
+        """This conversation for a member whose configured limit is `max_new_tokens`: max_tokens capped to it."""
+        asked = self.sampling.get("max_tokens")
+        if asked is None or asked <= max_new_tokens:
+            return self
+        return Conversation(self.history, {**self.sampling, "max_tokens": max_new_tokens})
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,8 @@ class AskRequest:
     specialists: tuple[str, ...] | None = None
     early_exit: bool | None = None
     use_retrieval: bool = True
+    # A chat request's history and decoding settings (the OpenAI route); None: a plain question.
+    conversation: Conversation | None = None
 
 
 @dataclass(frozen=True)
@@ -139,10 +180,7 @@ class CouncilAnswer:
             entropy=float(d["entropy"]),
             abstained=bool(d["abstained"]),
             degraded=bool(d["degraded"]),
-            members=tuple(
-                MemberAnswer(**{**m, "ordering_answers": tuple(m.get("ordering_answers") or ())})
-                for m in d["members"]
-            ),
+            members=tuple(MemberAnswer.from_dict(m) for m in d["members"]),
             sources=tuple(Chunk(**c) for c in d.get("sources", ())),
             trims=tuple(
                 TrimReport(**{**t, **{k: tuple(t.get(k) or ()) for k in ("kept", "cut", "dropped")}})

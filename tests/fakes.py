@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 
 from council.config import CouncilConfig
 from council.pipeline import validate
-from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer
+from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +54,9 @@ class FakeIngress:
     ) -> None:
         self.config = CouncilConfig.from_dict({"specialists": [{"name": "solo", "model": "m"}]})
         self.fail, self.agreement, self.echo, self.guard = fail, agreement, echo, guard
+        self.asked: list[AskRequest] = []  # every request that reached it, in order
+        # `deliberate` raises `fail` after its first event when this is set (an error inside a begun stream).
+        self.fail_midway = False
 
     def _reached(self) -> None:
         if self.guard:
@@ -61,6 +64,7 @@ class FakeIngress:
 
     async def answer(self, request: AskRequest) -> CouncilAnswer:
         self._reached()
+        self.asked.append(request)
         if self.fail is not None:
             raise self.fail
         if self.echo:
@@ -69,6 +73,22 @@ class FakeIngress:
             return CouncilAnswer(request.question, request.question, 1.0, 0.0, False, False, (member,))
         member = MemberAnswer("solo", 0.5, answer="forty two", prompt_tokens=3, completion_tokens=2)
         return CouncilAnswer(request.question, "forty two", self.agreement, 0.0, False, False, (member,))
+
+    async def deliberate(self, request: AskRequest, *, tokens: bool) -> AsyncIterator[Any]:
+        """The answer's events as Council.deliberate yields them: with `tokens`, the member's raw text in
+        pieces (" forty", " two", " ", as an engine streams it, spaces and all)."""
+        if self.fail is not None and not self.fail_midway:
+            self._reached()
+            raise self.fail
+        yield RouteDecision({"solo": 0.5}, ("solo",))
+        if self.fail_midway and self.fail is not None:
+            raise self.fail
+        answer = await self.answer(request)
+        if tokens:
+            for piece in (" forty", " two", " "):
+                yield MemberDelta("solo", piece)
+        yield answer.members[0]
+        yield answer
 
     async def add_documents(self, tenant: str, documents: Sequence[Document]) -> dict[str, Any]:
         self._reached()

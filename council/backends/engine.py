@@ -102,6 +102,7 @@ class EngineOutput:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             latency_s=self.latency_s,
+            finish_reason=self.finish_reason,
         )
 
 
@@ -240,13 +241,17 @@ class EngineSpecialist:
         self.engine = engine
         self.name = engine.name
 
-    def request(self, question: str, passages: Sequence[str], **sampling: Any) -> EngineRequest:
-        """The engine request for one question; `sampling` overrides the member's settings (None: keep)."""
+    def request(
+        self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = (), **sampling: Any
+    ) -> EngineRequest:
+        """The engine request for one question (after a chat's `history`, see TokenizerCounter.render_prompt);
+        `sampling` overrides the member's settings (None: keep)."""
         base = self.engine.default_sampling
         changes = {k: v for k, v in sampling.items() if v is not None}
         if "stop" in changes:
             changes["stop"] = tuple(changes["stop"])
-        return EngineRequest(self.engine.tokens.render_prompt(question, passages), dataclasses.replace(base, **changes))
+        prompt = self.engine.tokens.render_prompt(question, passages, history)
+        return EngineRequest(prompt, dataclasses.replace(base, **changes))
 
     async def generate(self, question: str, passages: Sequence[str]) -> Generation:
         [out] = await self.engine.generate([self.request(question, passages)])

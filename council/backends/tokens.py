@@ -103,18 +103,21 @@ class TokenizerCounter:
         """The longest prompt that still leaves room for `max_new_tokens`."""
         return self.context_window - self.max_new_tokens
 
-    def render_prompt(self, question: str, passages: Sequence[str]) -> str:
-        """The full prompt text: the chat template when the tokenizer has one, else the named plain template."""
+    def render_prompt(self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()) -> str:
+        """The full prompt text: the chat template when the tokenizer has one, else the named plain template.
+        `history`: a chat's system messages and earlier turns, (role, text) in order (untrusted like passages)."""
         passages = [strip_markers(p, self._markers) for p in passages]
+        history = [(role, strip_markers(text, self._markers)) for role, text in history]
         if not self.uses_chat_template:
-            return self.template.render(question, passages)
-        messages = chat_messages(self.template, question, passages)
+            return self.template.render(question, passages, history)
+        messages = chat_messages(self.template, question, passages, history)
         try:
             return str(self._apply_chat_template(messages))
-        except Exception:  # some chat templates refuse a system role: fold it into the user turn
-            system, user = messages
-            merged = [{"role": "user", "content": f"{system['content']}\n{user['content']}"}]
-            return str(self._apply_chat_template(merged))
+        except Exception:  # some chat templates refuse a system role: fold it into the first user turn
+            system, *rest = messages
+            first = next(i for i, m in enumerate(rest) if m["role"] == "user")
+            rest[first] = {"role": "user", "content": f"{system['content']}\n{rest[first]['content']}"}
+            return str(self._apply_chat_template(rest))
 
     def _apply_chat_template(self, messages: list[dict[str, str]]) -> Any:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from council.errors import Unreachable
@@ -55,6 +56,23 @@ class HandleTransport:
             return getattr(self.handle, method).remote(*args).result(timeout_s=self.timeout_s)
         except Exception as e:
             raise ray_errors.for_client(e) from None
+
+    async def astream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        """Call a streaming `method` (handle.options(stream=True)) and yield what it yields; closing the iterator
+        cancels the call. `timeout_s` bounds each wait for the next item."""
+        responses = self.handle.options(stream=True)
+        stream = getattr(responses, method).remote(*args)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(stream.__anext__(), self.timeout_s)
+                except StopAsyncIteration:
+                    return
+                except Exception as e:
+                    raise ray_errors.for_client(e) from None
+                yield item
+        finally:
+            stream.cancel()
 
     async def acall(self, method: str, *args: Any) -> Any:
         """`call` for asyncio code."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from council.serving.ray_errors import unwrap
-from council.types import Chunk, Document, Generation, MemberAnswer, TrimReport
+from council.types import Chunk, Conversation, Document, Generation, MemberAnswer, TrimReport
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,10 +43,54 @@ class HandleSpecialist:
         self.name = name
         self.handle = handle
 
-    async def generate(self, question: str, passages: Sequence[str]) -> Generation:
-        """One answer, batched with concurrent requests on the replica."""
-        result: Generation = await call(self.handle, "generate", question, list(passages))
+    async def generate(
+        self, question: str, passages: Sequence[str], conversation: Conversation | None = None
+    ) -> Generation:
+        """One answer, batched with concurrent requests on the replica (after a chat's history, with its
+        decoding settings, when `conversation` is given)."""
+        if conversation is None:
+            result: Generation = await call(self.handle, "generate", question, list(passages))
+        else:
+            sampling, history = dict(conversation.sampling), list(conversation.history)
+            result = await call(self.handle, "generate", question, list(passages), sampling, history)
         return result
+
+    async def stream(
+        self, question: str, passages: Sequence[str], conversation: Conversation | None = None
+    ) -> AsyncIterator[tuple[str, Generation | None]]:
+        """The answer as the member's engine produces it: ("piece", None) for each piece of text, then
+        ("", Generation) with the whole (stripped) answer and its token counts. Closing the iterator, or
+        cancelling its consumer, cancels the replica's stream and so the engine request."""
+        conv = conversation or Conversation()
+        responses: Any = self.handle.options(stream=True).stream.remote(
+            question, list(passages), dict(conv.sampling), list(conv.history)
+        )
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        try:
+            async for delta in responses:
+                if delta.text:
+                    pieces.append(delta.text)
+                    yield delta.text, None
+                if delta.finished:
+                    text = "".join(pieces).strip()
+                    done = Generation(
+                        text=text,
+                        prompt_tokens=delta.prompt_tokens or 0,
+                        completion_tokens=delta.completion_tokens,
+                        latency_s=time.perf_counter() - t0,
+                        finish_reason=delta.finish_reason or "stop",
+                    )
+                    yield "", done
+                    return
+        except Exception as e:
+            cause = unwrap(e)
+            if cause is e:
+                raise
+            raise cause from None
+        finally:
+            responses.cancel()  # no-op once the stream has ended
+        raise RuntimeError(f"specialist {self.name}: its stream ended without a final piece")
 
 
 class HandleRetriever:

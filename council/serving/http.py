@@ -13,7 +13,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -29,6 +29,7 @@ from council.errors import (
     Unauthorized,
     UnknownSpecialist,
 )
+from council.pipeline import Event
 from council.serving import metrics, ray_errors
 from council.serving.schemas import (
     AskBody,
@@ -38,9 +39,10 @@ from council.serving.schemas import (
     IngestBody,
     ModelCard,
     ModelList,
+    event_body,
     parse,
 )
-from council.types import AskRequest, CouncilAnswer, Document
+from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class Ingress(Protocol):
 
     async def answer(self, request: AskRequest) -> CouncilAnswer:
         """Run the council on one request (not counted: the caller counts)."""
+        ...
+
+    def deliberate(self, request: AskRequest, *, tokens: bool) -> AsyncGenerator[Event, None]:
+        """The council on one request, as it happens (council.pipeline.Council.deliberate)."""
         ...
 
     async def add_documents(self, tenant: str, documents: Sequence[Document]) -> dict[str, Any]:
@@ -132,7 +138,11 @@ def _ingress(request: Request) -> Ingress:
 @router.post("/council")
 async def ask(request: Request, payload: JsonBody) -> Response:
     body: AskBody = parse(AskBody, payload)
-    answer = await _answer(request, body.to_request(body.question))
+    ask = body.to_request(body.question)
+    if body.stream:
+        events = await _opened(_ingress(request).deliberate(ask, tokens=False))
+        return _sse(_council_events(request, events))
+    answer = await _answer(request, ask)
     return JSONResponse(_finite(answer.to_dict()))
 
 
@@ -159,20 +169,23 @@ async def chat(request: Request, payload: JsonBody) -> Response:
     known = _ingress(request).models()
     if body.model not in known:
         raise UnknownSpecialist(f"unknown model {body.model!r}; known: {known}", details={"model": body.model})
-    question = body.question()
-    if not question.strip():
-        raise InvalidRequest("messages: a non-empty user message is required")
+    if (refused := body.refused()) is not None:
+        raise InvalidRequest(refused)
+    question, conversation = body.conversation()
     options = body.council or AskOptions()
-    if body.model == "council":
-        answer = await _answer(request, options.to_request(question))
-        content = answer.answer
-    else:  # one specialist alone
-        answer = await _answer(request, options.to_request(question, specialists=(body.model,), k=None))
-        content = answer.members[0].answer or ""
-    completion = Completion(body.model, answer, content, _finite(answer.to_dict()))
+    alone = body.model != "council"
+    if alone:  # one specialist, asked alone
+        ask = options.to_request(question, specialists=(body.model,), k=None, conversation=conversation)
+    else:
+        ask = options.to_request(question, conversation=conversation)
+    completion = Completion(body.model)
     if body.stream:
-        return StreamingResponse(_events(completion), media_type="text/event-stream")
-    return JSONResponse(completion.message().model_dump())
+        # Tokens stream only from a specialist asked alone; the council streams each member's answer as it lands.
+        events = await _opened(_ingress(request).deliberate(ask, tokens=alone))
+        return _sse(_chat_events(request, completion, events, alone))
+    answer = await _answer(request, ask)
+    content, finish = _content(answer, alone)
+    return JSONResponse(completion.message(answer, content, _finite(answer.to_dict()), finish).model_dump())
 
 
 async def _answer(request: Request, ask: AskRequest) -> CouncilAnswer:
@@ -181,11 +194,115 @@ async def _answer(request: Request, ask: AskRequest) -> CouncilAnswer:
     return answer
 
 
-async def _events(completion: Completion) -> AsyncIterator[str]:
-    """Server-sent events: the completion's chunks, then [DONE]."""
-    for chunk in completion.chunks():
-        yield f"data: {json.dumps(chunk.wire())}\n\n"
-    yield "data: [DONE]\n\n"
+def _content(answer: CouncilAnswer, alone: bool) -> tuple[str, str]:
+    """The reply's text and finish_reason: a specialist's own answer, or the council's."""
+    if alone:
+        member = answer.members[0]
+        return member.answer or "", member.finish_reason or "stop"
+    return answer.answer, "stop"
+
+
+# ---------------------------------------------------------------- streams
+
+Events = AsyncGenerator[Event, None]
+
+
+async def _opened(events: Events) -> Events:
+    """The deliberation, started: its first event (the route) is awaited here, before the response begins, so
+    that a bad request is still a 4xx/503 with its status rather than an error inside a 200 stream."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:  # pragma: no cover - a deliberation always ends with its answer
+        raise CouncilError("the deliberation ended before it began") from None
+
+    async def resumed() -> Events:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # the client went away: the members' requests are cancelled
+
+    return resumed()
+
+
+def _sse(lines: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def encoded() -> AsyncIterator[str]:
+        async for body in lines:
+            yield f"data: {json.dumps(_finite(body))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(encoded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _council_events(request: Request, events: Events) -> AsyncIterator[dict[str, Any]]:
+    """POST /v1/council's stream: every deliberation event as `event_body` shapes it; an error as the last one."""
+    try:
+        async for event in events:
+            if isinstance(event, CouncilAnswer):
+                metrics.record_answer(event, _elapsed(request))
+            yield event_body(event)
+    except Exception as e:
+        yield _stream_error(request, e)
+
+
+async def _chat_events(
+    request: Request, completion: Completion, events: Events, alone: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """The chat stream: the role (with the route), then a specialist's tokens as its engine produces them, or the
+    council's members as each answers and then the council's answer; a last chunk with finish_reason, usage and
+    the report. An error after the stream began is an OpenAI error event (the openai client raises it)."""
+    text = _Trimmed()
+    try:
+        async for event in events:
+            if isinstance(event, RouteDecision):
+                yield completion.first(event_body(event)).wire()
+            elif isinstance(event, MemberDelta):
+                if piece := text.feed(event.text):
+                    yield completion.content(piece).wire()
+            elif isinstance(event, MemberAnswer):
+                if not alone:
+                    yield completion.member(event_body(event)["member"]).wire()
+            else:
+                metrics.record_answer(event, _elapsed(request))
+                content, finish = _content(event, alone)
+                rest = content[len(text.sent) :] if content.startswith(text.sent) else ""
+                if rest:
+                    yield completion.content(rest).wire()
+                yield completion.last(event, _finite(event.to_dict()), finish).wire()
+    except Exception as e:
+        yield _stream_error(request, e)
+
+
+class _Trimmed:
+    """Pieces of a member's raw text, passed on so that together they are its stripped answer: leading
+    whitespace dropped, trailing whitespace held back until more text follows it."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        text = self._held + piece
+        if not self.sent:
+            text = text.lstrip()
+        body = text.rstrip()
+        self._held = text[len(body) :]
+        self.sent += body
+        return body
+
+
+def _stream_error(request: Request, error: Exception) -> dict[str, Any]:
+    """An error after the stream's 200 went out, as OpenAI streams one: {"error": {type, message}}."""
+    council_error = error if isinstance(error, CouncilError) else ray_errors.as_council_error(error)
+    if council_error is None:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error %s in a stream", incident, exc_info=error)
+        metrics.record_failure(error, _elapsed(request))
+        return {"error": {"type": "internal_error", "message": f"internal error (incident {incident})"}}
+    metrics.record_failure(error, _elapsed(request), council_error)
+    body: dict[str, Any] = json.loads(json.dumps(_finite(council_error.to_dict()), default=str))
+    return body
 
 
 # ---------------------------------------------------------------- errors

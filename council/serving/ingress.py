@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from council.backends.store_lock import store_identity
 from council.config import CouncilConfig
-from council.pipeline import Council
+from council.errors import InvalidRequest
+from council.pipeline import Council, Event
 from council.retrieval import check_tenant
 from council.serving import metrics
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.serving.ray_errors import as_council_error
-from council.serving.schemas import parse_ask, parse_ingest
+from council.serving.schemas import event_body, parse_ask, parse_ingest
 from council.types import AskRequest, CouncilAnswer, Document
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class RouterIngress:
 
         Counted in the council's metrics here (HTTP requests are counted by the HTTP app).
         """
+        if payload.get("stream"):
+            raise InvalidRequest("stream: by handle, call ask_stream with handle.options(stream=True)")
         request = parse_ask(payload)
         t0 = time.perf_counter()
         try:
@@ -80,6 +83,24 @@ class RouterIngress:
     async def answer(self, request: AskRequest) -> CouncilAnswer:
         """Run the council on a typed request (the caller counts its outcome)."""
         return await self.council.ask(request)
+
+    def deliberate(self, request: AskRequest, *, tokens: bool = False) -> AsyncGenerator[Event, None]:
+        """The council on a typed request as it happens (Council.deliberate; the caller counts its outcome)."""
+        return self.council.deliberate(request, tokens=tokens)
+
+    async def ask_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST /v1/council with `stream: true`, by handle (`handle.options(stream=True)`): the deliberation's
+        events as dicts (schemas.event_body): "route", each "member" as it lands, then "answer". Counted here."""
+        request = parse_ask({k: v for k, v in payload.items() if k != "stream"})
+        t0 = time.perf_counter()
+        try:
+            async for event in self.council.deliberate(request):
+                if isinstance(event, CouncilAnswer):
+                    metrics.record_answer(event, time.perf_counter() - t0)
+                yield event_body(event)
+        except Exception as e:
+            metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
+            raise
 
     async def ingest(self, payload: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/documents by handle: store documents for a tenant.

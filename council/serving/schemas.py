@@ -6,17 +6,25 @@ an ordering) is checked once, in `council.pipeline.validate`, for every caller.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from council.config import validated
 from council.errors import InvalidRequest
-from council.types import AskRequest, CouncilAnswer, Document
+from council.types import (
+    CHAT_ROLES,
+    AskRequest,
+    Conversation,
+    CouncilAnswer,
+    Document,
+    MemberAnswer,
+    MemberDelta,
+    RouteDecision,
+)
 
 
 class _Strict(BaseModel):
@@ -70,6 +78,7 @@ class AskBody(AskOptions):
     """POST /v1/council."""
 
     question: StrictStr = Field(description="The question.")
+    stream: StrictBool = Field(default=False, description="Server-sent deliberation events (see event_body).")
 
 
 class IngestBody(_Strict):
@@ -83,22 +92,41 @@ class IngestBody(_Strict):
 
 
 class ChatMessage(BaseModel):
-    """One OpenAI chat message; text parts of a list content are joined."""
+    """One OpenAI chat message; the text parts of a list content are joined (other parts are refused)."""
 
     model_config = ConfigDict(extra="allow")
 
     role: StrictStr
     content: StrictStr | list[dict[str, Any]] | None = None
 
-    def text(self) -> str:
-        """The message's text."""
-        if isinstance(self.content, list):
-            return " ".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-        return self.content or ""
+    def text(self, where: str) -> str:
+        """The message's text; InvalidRequest for a part that is not text (`where` names the message)."""
+        if not isinstance(self.content, list):
+            return self.content or ""
+        for j, part in enumerate(self.content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(
+                    f"{where}.content[{j}]: only text parts are supported, got type {part.get('type')!r}"
+                )
+        return " ".join(str(p["text"]) for p in self.content)
+
+
+# Chat fields no member can honour: refused with a 400 naming the field rather than silently ignored.
+_REFUSED_WHEN_SET: dict[str, str] = {
+    "tools": "tools are not supported",
+    "functions": "functions are not supported",
+    "logit_bias": "logit_bias is not supported",
+    "response_format": "response_format is not supported (members answer in plain text)",
+}
+_REFUSED_WHEN_TRUE = {"logprobs": "logprobs are not supported", "top_logprobs": "top_logprobs are not supported"}
 
 
 class ChatBody(BaseModel):
-    """POST /v1/chat/completions; OpenAI fields we do not use (temperature, ...) are accepted and ignored."""
+    """POST /v1/chat/completions. The whole conversation reaches the member(s): system messages and earlier
+    turns before the last user message (the question); max_tokens (or max_completion_tokens), temperature,
+    top_p, stop and seed are every member's decoding for this request. Fields no member can honour (n > 1,
+    tools, penalties, logprobs, ...) are a 400 naming the field; others OpenAI defines (user, metadata,
+    stream_options, ...) are accepted and have no effect."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -106,11 +134,60 @@ class ChatBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     council: AskOptions | None = Field(default=None, description="Council options (tenant, k, ...) as an extra field.")
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: float | None = Field(default=None, strict=True)
+    top_p: float | None = Field(default=None, strict=True)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    n: StrictInt | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
-    def question(self) -> str:
-        """The last user message's text ("" when there is none)."""
-        users = [m for m in self.messages if m.role == "user"]
-        return users[-1].text() if users else ""
+    def refused(self) -> str | None:
+        """The first field set to something no member can do, as the 400's message; None if all is well."""
+        if self.n is not None and self.n != 1:
+            return f"n={self.n}: one choice per request only (n must be 1)"
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                return f"{name}={getattr(self, name)}: penalties are not supported (use 0 or leave it out)"
+        extra = self.model_extra or {}
+        for name, why in _REFUSED_WHEN_SET.items():
+            if extra.get(name) not in (None, [], {}) and not (name == "response_format" and _is_text(extra[name])):
+                return f"{name}: {why}"
+        for name, why in _REFUSED_WHEN_TRUE.items():
+            if extra.get(name):
+                return f"{name}: {why}"
+        if extra.get("tool_choice") not in (None, "none", "auto"):
+            return "tool_choice: tools are not supported"
+        return None
+
+    def conversation(self) -> tuple[str, Conversation]:
+        """The question (the last user message) and what comes with it; InvalidRequest names a bad message."""
+        last = len(self.messages) - 1
+        texts = [m.text(f"messages[{i}]") for i, m in enumerate(self.messages)]
+        for i, m in enumerate(self.messages):
+            if m.role not in CHAT_ROLES:
+                raise InvalidRequest(f"messages[{i}].role {m.role!r} is not supported; use one of {list(CHAT_ROLES)}")
+        if self.messages[last].role != "user":
+            raise InvalidRequest(
+                f"messages[{last}]: the last message must be the user's question, not {self.messages[last].role!r}"
+            )
+        if not texts[last].strip():
+            raise InvalidRequest(f"messages[{last}]: a non-empty user message is required")
+        sampling: dict[str, Any] = {
+            "max_tokens": self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+        }
+        history = tuple((m.role, t) for m, t in zip(self.messages[:last], texts[:last], strict=True))
+        return texts[last], Conversation(history, {k: v for k, v in sampling.items() if v is not None})
+
+
+def _is_text(response_format: Any) -> bool:
+    return isinstance(response_format, dict) and response_format.get("type") == "text"
 
 
 class ModelCard(BaseModel):
@@ -198,33 +275,52 @@ class ChatCompletionChunk(BaseModel):
 
 
 class Completion:
-    """One chat answer as OpenAI's wire types: the whole completion, or its chunk stream."""
+    """One chat answer as OpenAI's wire types: the whole completion, or the chunks of its stream."""
 
-    def __init__(self, model: str, answer: CouncilAnswer, content: str, report: dict[str, Any]) -> None:
+    def __init__(self, model: str) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
-        self.content = content
-        self.report = report
-        self.usage = Usage.of(answer)
 
-    def message(self) -> ChatCompletion:
+    def message(self, answer: CouncilAnswer, content: str, report: dict[str, Any], finish: str) -> ChatCompletion:
         """The non-streaming response body."""
-        choice = Choice(message=AssistantMessage(content=self.content))
+        choice = Choice(message=AssistantMessage(content=content), finish_reason=finish)
         return ChatCompletion(
-            id=self.id, created=self.created, model=self.model, choices=[choice], usage=self.usage, council=self.report
-        )
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=Usage.of(answer),
+            council=report,
+        )  # fmt: skip
 
-    def chunks(self) -> Iterator[ChatCompletionChunk]:
-        """The role, the answer word by word, and a final chunk with usage and the report."""
-        yield self._chunk(Delta(role="assistant", content=""))
-        for piece in re.findall(r"\s*\S+", self.content):
-            yield self._chunk(Delta(content=piece))
-        yield self._chunk(Delta(), "stop", usage=self.usage, council=self.report)
+    def first(self, route: dict[str, Any]) -> ChatCompletionChunk:
+        """The stream's first chunk: the assistant role, and the members the council asks (`council.route`)."""
+        return self._chunk(Delta(role="assistant", content=""), council={"route": route})
+
+    def content(self, text: str) -> ChatCompletionChunk:
+        """A piece of the answer."""
+        return self._chunk(Delta(content=text))
+
+    def member(self, member: dict[str, Any]) -> ChatCompletionChunk:
+        """One member's answer as it lands (`council.member`), no content of its own."""
+        return self._chunk(Delta(), council={"member": member})
+
+    def last(self, answer: CouncilAnswer, report: dict[str, Any], finish: str) -> ChatCompletionChunk:
+        """The final chunk: finish_reason, usage and the council's report."""
+        return self._chunk(Delta(), finish, usage=Usage.of(answer), council=report)
 
     def _chunk(self, delta: Delta, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
         choice = ChunkChoice(delta=delta, finish_reason=finish)
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], **extra)
+
+
+def event_body(event: RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer) -> dict[str, Any]:
+    """A deliberation event (council.pipeline.Event) as JSON: {"event": "route" | "delta" | "member" |
+    "answer", ...}; what POST /v1/council with `stream: true` sends, and the handle's `ask_stream` yields."""
+    if isinstance(event, RouteDecision):
+        return {"event": "route", "chosen": list(event.chosen), "scores": dict(event.scores)}
+    if isinstance(event, MemberDelta):
+        return {"event": "delta", "member": event.name, "text": event.text}
+    if isinstance(event, MemberAnswer):
+        return {"event": "member", "member": dataclasses.asdict(event)}
+    return {"event": "answer", "answer": event.to_dict()}
 
 
 # ---------------------------------------------------------------- parsing

@@ -92,19 +92,24 @@ class SpecialistServer:
                 log.info("specialist %s: %s engine up in %.1fs", self.config.name, self.engine.kind, took)
 
     async def generate(
-        self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None = None
+        self,
+        question: str,
+        passages: Sequence[str],
+        sampling: Mapping[str, Any] | None = None,
+        history: Sequence[tuple[str, str]] = (),
     ) -> Generation:
         """Answer a question from its (already trimmed) passages. Cancelling the call aborts an engine request
         that batches itself (vLLM); a transformers pass that has begun runs to its end.
 
         `sampling`: overrides of the member's decoding for this request (`Sampling` fields: max_tokens, temperature,
-        top_p, seed, stop, ignore_eos); the prompt and max_tokens must fit the member's context window."""
+        top_p, seed, stop, ignore_eos); the prompt and max_tokens must fit the member's context window.
+        `history`: a chat's system messages and earlier turns, (role, text), rendered before the question."""
         self._stats["requests"] += 1
         self._in_generate += 1
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling)
+            request = self._request(question, passages, sampling, history)
             if self.batched:
                 if self.faulty is not None:
                     await self.faulty.admit()
@@ -122,7 +127,11 @@ class SpecialistServer:
         return result
 
     async def stream(
-        self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None = None
+        self,
+        question: str,
+        passages: Sequence[str],
+        sampling: Mapping[str, Any] | None = None,
+        history: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[EngineDelta]:
         """`generate`, streamed: the answer's text as the engine produces it (call with
         `handle.options(stream=True)`). Each delta carries the new text; the last one has `finish_reason` and the
@@ -133,7 +142,7 @@ class SpecialistServer:
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling)
+            request = self._request(question, passages, sampling, history)
             if self.batched and self.faulty is not None:
                 await self.faulty.admit()
             deltas = self.engine.stream(request)
@@ -151,9 +160,16 @@ class SpecialistServer:
             self._stats["errors"] += 1
             raise
 
-    def _request(self, question: str, passages: Sequence[str], sampling: Mapping[str, Any] | None) -> EngineRequest:
+    def _request(
+        self,
+        question: str,
+        passages: Sequence[str],
+        sampling: Mapping[str, Any] | None,
+        history: Sequence[tuple[str, str]],
+    ) -> EngineRequest:
         try:
-            return self.specialist.request(question, passages, **dict(sampling or {}))
+            turns = [(str(role), str(text)) for role, text in history]
+            return self.specialist.request(question, passages, turns, **dict(sampling or {}))
         except (TypeError, ValueError) as e:  # an unknown field, or a value Sampling refuses
             raise InvalidRequest(f"specialist {self.config.name}: bad sampling {dict(sampling or {})}: {e}") from None
 

@@ -124,6 +124,27 @@ def test_both_members_answer_through_the_council_by_http_and_handle(vllm_app: Ap
     assert chat.json()["choices"][0]["message"]["content"]
 
 
+def test_the_vllm_member_streams_over_http_through_the_openai_client(vllm_app: App) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=vllm_app.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    question, [passage] = _questions()[-1]
+    messages = [{"role": "user", "content": question}]
+    extra = {"council": {"documents": [{"text": passage, "source": "gold.txt"}]}}
+    whole = client.chat.completions.create(model=VLLM, messages=messages, extra_body=extra)  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model=VLLM, messages=messages, extra_body=extra, stream=True))  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert whole.choices[0].message.content and chunks[-1].choices[0].finish_reason == "stop"
+    one = client.chat.completions.create(model=VLLM, messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    assert one.usage is not None and one.usage.completion_tokens == 1
+    # The council of a vLLM and a transformers member streams each member's answer before its own.
+    council = list(client.chat.completions.create(model="council", messages=messages, extra_body=extra, stream=True))  # type: ignore[arg-type]
+    landed = [(c.model_extra or {}).get("council", {}).get("member") for c in council]
+    assert sorted(m["name"] for m in landed if m) == sorted([VLLM, HF])
+    first_content = next(i for i, c in enumerate(council) if c.choices[0].delta.content)
+    assert max(i for i, m in enumerate(landed) if m) < first_content
+
+
 def _until(check: Any, what: str, timeout_s: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

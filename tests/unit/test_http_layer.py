@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -108,3 +109,87 @@ def test_chat_completion_is_the_openai_shape() -> None:
         "object": "list",
         "data": [{"id": m, "object": "model", "created": 0, "owned_by": "council"} for m in ("council", "solo")],
     }
+
+
+def _sse(r: Any) -> list[dict[str, Any]]:
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line]
+    assert r.status_code == 200 and events[-1] == "[DONE]", r.text
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_a_council_stream_shows_each_member_before_the_answer() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    chunks = _sse(_client(FakeIngress()).post("/v1/chat/completions", json=body))
+    assert chunks[0]["council"]["route"]["chosen"] == ["solo"]
+    kinds = ["member" if "member" in c.get("council", {}) else c["choices"][0]["delta"].get("content") for c in chunks]
+    assert kinds == ["", "member", "forty two", None]  # role, the member as it lands, the answer, the report
+    assert chunks[1]["council"]["member"]["answer"] == "forty two" and chunks[1]["choices"][0]["delta"] == {}
+
+
+def test_a_specialist_stream_passes_its_tokens_on_as_its_stripped_answer() -> None:
+    body = {"model": "solo", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    chunks = _sse(_client(FakeIngress()).post("/v1/chat/completions", json=body))
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert pieces == ["forty", " two"]  # the leading space dropped, the trailing one never sent
+    assert not any("member" in c.get("council", {}) for c in chunks) and chunks[-1]["council"]["answer"] == "forty two"
+
+
+def test_the_chat_request_reaches_the_members_whole() -> None:
+    ingress = FakeIngress()
+    messages = [
+        {"role": "system", "content": "answer in one word"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        {"role": "user", "content": "what now ?"},
+    ]
+    body = {"model": "solo", "messages": messages, "max_completion_tokens": 3, "temperature": 0.5, "top_p": 0.9,
+            "stop": "\n", "seed": 7, "user": "someone", "n": 1}  # fmt: skip
+    r = _client(ingress).post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    [asked] = ingress.asked
+    assert asked.question == "what now ?" and asked.specialists == ("solo",)
+    assert asked.conversation is not None
+    assert asked.conversation.history == (("system", "answer in one word"), ("user", "first"), ("assistant", "ok"))
+    assert dict(asked.conversation.sampling) == {"max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"],
+                                                 "seed": 7}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"n": 2}, "n=2"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "messages[1]"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0]"),
+        ({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "q"}]}, "messages[0].role"),
+    ],
+)
+def test_chat_fields_no_member_can_honour_are_a_400_naming_them(extra: dict[str, Any], named: str) -> None:
+    ingress = FakeIngress()
+    for model in ("council", "solo"):
+        body = {"model": model, "messages": [{"role": "user", "content": "q"}], **extra}
+        r = _client(ingress).post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert named in r.json()["error"]["message"], r.json()
+    assert ingress.asked == []
+
+
+def test_an_error_before_the_stream_begins_keeps_its_status_and_one_after_is_an_error_event() -> None:
+    body = {"model": "council", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    before = _client(FakeIngress(QuorumNotMet("0 of 1 members answered"))).post("/v1/chat/completions", json=body)
+    assert before.status_code == 503 and before.json()["error"]["type"] == "quorum_not_met"
+    midway = FakeIngress(QuorumNotMet("0 of 1 members answered"))
+    midway.fail_midway = True
+    chunks = _sse(_client(midway).post("/v1/chat/completions", json=body))
+    assert chunks[-1] == {"error": {"type": "quorum_not_met", "message": "0 of 1 members answered"}}
+
+
+def test_the_council_route_streams_its_deliberation_events() -> None:
+    events = _sse(_client(FakeIngress()).post("/v1/council", json={"question": "q", "stream": True}))
+    assert [e["event"] for e in events] == ["route", "member", "answer"]
+    assert events[1]["member"]["name"] == "solo" and events[2]["answer"]["answer"] == "forty two"
