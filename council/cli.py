@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 URL = Annotated[str, typer.Option("--url", envvar="COUNCIL_URL", help="The council's HTTP address.")]
 CONFIG = Annotated[
     Path | None, typer.Option("--config", "-c", help="Council config YAML, or a Serve config (clusters/*.yaml).")
+]
+
+ENGINE = Annotated[
+    Literal["transformers", "vllm"],
+    typer.Option(
+        "--engine",
+        help="What runs the members' models. transformers: each member on the engine its config names (the demo: "
+        "all six on Hugging Face transformers). vllm: --vllm-members of them on vLLM's engine (Ray Serve only; "
+        "needs `make vllm`), the rest on transformers. One vLLM-CPU engine on a demo checkpoint is ~2.9 GiB "
+        "resident and ~30 s to load.",
+    ),
+]
+VLLM_MEMBERS = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-members",
+        help="With --engine vllm: how many members run on vLLM (taken in turn over the domains, so each sits "
+        "beside a transformers member of its domain), 'all', or their names, comma-separated. Default 2: "
+        "legal-1 and finance-1 of the demo council.",
+    ),
 ]
 
 
@@ -59,10 +79,14 @@ def serve(
     config: CONFIG = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: the config's, else 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: the config's, else 8000).")] = None,
+    engine: ENGINE = "transformers",
+    vllm_members: VLLM_MEMBERS = None,
 ) -> None:
     """Deploy the council on Ray Serve and serve HTTP until Ctrl-C or SIGTERM."""
     args, settings = serve_target(config)
     settings.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    if engine != "transformers" or vllm_members is not None:
+        args = _on_engine(args, engine, vllm_members)
     with console.status("starting Ray Serve and loading the specialists…"):
         url = start_serve(args, **settings)
     console.print(f"[bold green]council serving[/] at {url}  (POST /v1/council, /v1/chat/completions)")
@@ -72,6 +96,20 @@ def serve(
     finally:
         console.print("shutting down…")
         stop_serve()
+
+
+def _on_engine(args: dict[str, Any], engine: str, vllm_members: str | None) -> dict[str, Any]:
+    """build_app args with the council's members moved to `engine` (council.demo.engines); says which."""
+    from council.config import CouncilConfig
+    from council.demo.engines import app_args, with_engine
+
+    if "config_dict" in args:
+        council = CouncilConfig.from_dict(args["config_dict"])
+    else:
+        council = CouncilConfig.from_yaml(args["config"])
+    moved, on_vllm = with_engine(council, engine, vllm_members)
+    console.print(f"[dim]on vLLM: {', '.join(on_vllm) or 'none'}[/]", highlight=False)
+    return app_args(moved, args)
 
 
 # ---------------------------------------------------------------- asking and status
@@ -267,11 +305,16 @@ def demo(
     config: CONFIG = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: clusters/local.yaml's, 8000).")] = None,
     per_kind: Annotated[int, typer.Option(help="Questions asked of each kind.")] = 2,
+    engine: ENGINE = "transformers",
+    vllm_members: VLLM_MEMBERS = None,
 ) -> None:
     """Ingest the demo world, deploy the council, and ask trained, fresh and unanswerable questions."""
     from council.demo.run import run_demo
 
-    run_demo(console, once=once, in_process=in_process, config=config, port=port, per_kind=per_kind)
+    run_demo(
+        console, once=once, in_process=in_process, config=config, port=port, per_kind=per_kind, engine=engine,
+        vllm_members=vllm_members,
+    )  # fmt: skip
 
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

