@@ -206,16 +206,25 @@ class Client:
         self._handle: HandleTransport | None = None
 
     @classmethod
-    def connect(cls, app_name: str = "council", *, address: str | None = None, timeout_s: float = 120.0) -> Client:
+    def connect(
+        cls,
+        app_name: str = "council",
+        *,
+        address: str | None = None,
+        timeout_s: float = 120.0,
+        api_key: str | None = None,
+    ) -> Client:
         """A client over `serve.get_app_handle(app_name)`; joins the Ray cluster at `address` if needed.
 
-        Without `address`, RAY_ADDRESS or the running cluster ("auto") is used.
+        Without `address`, RAY_ADDRESS or the running cluster ("auto") is used. `api_key` (default
+        $COUNCIL_API_KEY) is the caller's key, as over HTTP: with keys configured it decides the tenants.
         """
         from council.serving.app_handle import HandleTransport
 
         self = cls.__new__(cls)
         self.url, self.timeout_s, self._http = None, timeout_s, None
-        self._handle = HandleTransport.connect(app_name, address=address, timeout_s=timeout_s)
+        key = api_key or os.environ.get("COUNCIL_API_KEY")
+        self._handle = HandleTransport.connect(app_name, address=address, timeout_s=timeout_s, api_key=key)
         return self
 
     @property
@@ -229,7 +238,7 @@ class Client:
         if self._http is not None:
             return CouncilAnswer.from_dict(self._http.request("POST", "/v1/council", payload))
         assert self._handle is not None
-        return CouncilAnswer.from_dict(self._handle.call("ask", payload))
+        return CouncilAnswer.from_dict(self._handle.call("ask", payload, keyed=True))
 
     async def astream(self, question: str, **options: Any) -> AsyncIterator[StreamEvent]:
         """`ask`, as the council deliberates: the RouteDecision (who is asked), each member's MemberAnswer as it
@@ -253,7 +262,7 @@ class Client:
         if self._http is not None:
             return CouncilAnswer.from_dict(await self._http.arequest("POST", "/v1/council", payload))
         assert self._handle is not None
-        return CouncilAnswer.from_dict(await self._handle.acall("ask", payload))
+        return CouncilAnswer.from_dict(await self._handle.acall("ask", payload, keyed=True))
 
     def models(self) -> list[str]:
         """The model names the council answers to: 'council' and each specialist's name."""
@@ -275,18 +284,23 @@ class Client:
         if self._http is not None:
             return dict(self._http.request("GET", "/v1/status"))
         assert self._handle is not None
-        return dict(self._handle.call("status"))
+        return dict(self._handle.call("status", keyed=True))
 
-    def ingest(self, documents: Iterable[str | Document | Mapping[str, Any]], *, tenant: str = "public") -> dict:
-        """Store documents for `tenant` in the council's own store (POST /v1/documents); idempotent.
+    def ingest(
+        self, documents: Iterable[str | Document | Mapping[str, Any]], *, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Store documents for `tenant` in the council's own store (POST /v1/documents); idempotent. A write names
+        its tenant unless the key has exactly one.
 
         Returns the server's report: {"tenant", "documents", "chunks"}.
         """
-        payload = {"tenant": tenant, "documents": [_document(d) for d in documents]}
+        payload: dict[str, Any] = {"documents": [_document(d) for d in documents]}
+        if tenant is not None:
+            payload["tenant"] = tenant
         if self._http is not None:
             return dict(self._http.request("POST", "/v1/documents", payload))
         assert self._handle is not None
-        return dict(self._handle.call("ingest", payload))
+        return dict(self._handle.call("ingest", payload, keyed=True))
 
     def close(self) -> None:
         """Release pooled HTTP connections (handles need no closing)."""

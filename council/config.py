@@ -125,6 +125,9 @@ class RouterConfig(_Model):
     quorum: int = Field(1, ge=1, description="Fewest successful answers for the council to answer at all.")
     member_timeout_s: float = Field(60.0, gt=0, description="A member slower than this counts as failed.")
     early_exit: bool = Field(False, description="Answer once a quorum agrees; cancel the stragglers.")
+    max_generations: int = Field(
+        24, ge=1, description="Most generations one request may cost (members asked x orderings); beyond: 400."
+    )
     max_ongoing_requests: int = Field(200, ge=1, description="Ingress concurrency (it awaits members).")
     max_queued_requests: int = Field(400, ge=-1, description="Ingress queue bound; beyond it Serve answers 503.")
     retry_after_s: float = Field(
@@ -212,6 +215,17 @@ class HttpConfig(_Model):
     # Where Serve listens (host, port) and its request timeout are cluster-wide: they belong to the Serve config's
     # `http_options` (clusters/*.yaml), not to one application's council config.
     max_body_bytes: int = Field(65536, ge=1024, description="Requests with a larger body are refused (413).")
+    auth: Literal["keys", "none"] = Field(
+        "keys",
+        description="keys: callers need a key from COUNCIL_KEYS_FILE or COUNCIL_API_KEY, and with none configured "
+        "the app starts only behind a loopback proxy; none: no keys at all, anywhere (logged as a warning).",
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Per-key request rate (a key table entry may set its own); beyond: 429."
+    )
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429."
+    )
 
 
 class CouncilConfig(_Model):

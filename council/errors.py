@@ -64,6 +64,13 @@ class Unauthorized(CouncilError):
     type = "unauthorized"
 
 
+class Forbidden(CouncilError):
+    """The caller's key is valid but lacks the right for this (a write with a read-only key, public writes)."""
+
+    status = 403
+    type = "forbidden"
+
+
 class QuorumNotMet(CouncilError):
     """Fewer than `quorum` members answered; details list each member's error."""
 
@@ -80,6 +87,13 @@ class Overloaded(CouncilError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0, details: dict[str, object] | None = None):
         super().__init__(message, details=details)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(Overloaded):
+    """The caller's key is over its requests or generated tokens per minute; retry after `retry_after_s`."""
+
+    status = 429
+    type = "rate_limited"
 
 
 class Unreachable(CouncilError):

@@ -83,6 +83,16 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     for i, doc in enumerate(req.documents):
         if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
             raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
+    if req.specialists is not None and len(req.specialists) > n:
+        raise InvalidRequest(f"specialists: {len(req.specialists)} named; the council has {n}")
+    asked = len(set(req.specialists)) if req.specialists else min(req.k or config.router.k, n)
+    generations = asked * (req.orderings or config.aggregator.orderings)
+    if generations > config.router.max_generations:
+        raise InvalidRequest(
+            f"this request costs {generations} generations ({asked} members x orderings); the limit is "
+            f"{config.router.max_generations} (router.max_generations)",
+            details={"generations": generations, "limit": config.router.max_generations},
+        )
     if req.conversation is not None:
         _check_conversation(req.conversation, req, config)
     return AskRequest(**{**req.__dict__, "question": question})

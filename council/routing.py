@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -61,7 +62,7 @@ def _forced(scores: Mapping[str, float], forced: Sequence[str]) -> tuple[str, ..
     """Validate a caller's explicit list of specialists; returned best first like a routed choice."""
     if len(forced) == 0:
         raise InvalidRequest("specialists must name at least one specialist when given")
-    dupes = sorted({n for n in forced if list(forced).count(n) > 1})
+    dupes = sorted(n for n, times in Counter(forced).items() if times > 1)
     if dupes:
         raise InvalidRequest(f"specialists lists {dupes} more than once")
     for name in forced:

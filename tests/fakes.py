@@ -98,7 +98,7 @@ class FakeIngress:
         self._reached()
         return ["council", "solo"]
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, grant: Any) -> dict[str, Any]:
         self._reached()
         return {"app": "fake", "status": "RUNNING", "specialists": ["solo"], "deployments": {}, "chunks": 0}
 

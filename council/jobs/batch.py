@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,10 @@ def _drop_answered(batch: pa.Table, done: pa.Array) -> pa.Table:
 
 
 def _request(row: dict[str, Any]) -> dict[str, Any]:
-    payload: dict[str, Any] = {"question": row["question"], "tenant": row.get("tenant") or "public"}
+    # No tenant column (or an empty cell): the key decides (its only tenant, else public; council.credentials).
+    payload: dict[str, Any] = {"question": row["question"]}
+    if row.get("tenant"):
+        payload["tenant"] = row["tenant"]
     if row.get("k") is not None:
         payload["k"] = int(row["k"])
     return payload
@@ -81,6 +85,8 @@ class Answerer:
             from council.serving.app_handle import app_handle
 
             self.handle = app_handle(app)
+            # The job's credentials, as a client's: with keys configured, its rows reach only the key's tenants.
+            self.keyed = {"api_key": key} if (key := os.environ.get("COUNCIL_API_KEY")) else {}
         else:
             from council.config import CouncilConfig
             from council.local import build_local_council
@@ -103,7 +109,7 @@ class Answerer:
         results: dict[int, dict[str, Any]] = {}
         todo = list(range(len(rows)))
         for attempt in range(self.retries + 1):
-            calls = {i: self.handle.ask.remote(_request(rows[i])) for i in todo}
+            calls = {i: self.handle.ask.remote(_request(rows[i]), **self.keyed) for i in todo}
             retry: list[int] = []
             for i, call in calls.items():
                 try:

@@ -37,23 +37,28 @@ def deployed(app_name: str) -> bool:
 class HandleTransport:
     """Calls RouterIngress methods through a Serve handle; Ray's failures come back as council errors."""
 
-    def __init__(self, handle: Any, timeout_s: float) -> None:
+    def __init__(self, handle: Any, timeout_s: float, api_key: str | None = None) -> None:
         self.handle = handle
         self.timeout_s = timeout_s
+        # Sent with the calls that need it (ask, ask_stream, ingest, status), as the HTTP client sends its key.
+        self.keyed = {"api_key": api_key} if api_key else {}
 
     @classmethod
-    def connect(cls, app_name: str, *, address: str | None, timeout_s: float) -> HandleTransport:
+    def connect(
+        cls, app_name: str, *, address: str | None, timeout_s: float, api_key: str | None = None
+    ) -> HandleTransport:
         """Join the Ray cluster at `address` (else RAY_ADDRESS, else the running one) and take the app's handle."""
         import ray
 
         if not ray.is_initialized():
             ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
-        return cls(app_handle(app_name), timeout_s)
+        return cls(app_handle(app_name), timeout_s, api_key)
 
-    def call(self, method: str, *args: Any) -> Any:
-        """Call `method` and wait for its result (at most `timeout_s`)."""
+    def call(self, method: str, *args: Any, keyed: bool = False) -> Any:
+        """Call `method` and wait for its result (at most `timeout_s`); `keyed`: with the caller's key."""
+        kwargs = self.keyed if keyed else {}
         try:
-            return getattr(self.handle, method).remote(*args).result(timeout_s=self.timeout_s)
+            return getattr(self.handle, method).remote(*args, **kwargs).result(timeout_s=self.timeout_s)
         except Exception as e:
             raise ray_errors.for_client(e) from None
 
@@ -61,7 +66,7 @@ class HandleTransport:
         """Call a streaming `method` (handle.options(stream=True)) and yield what it yields; closing the iterator
         cancels the call. `timeout_s` bounds each wait for the next item."""
         responses = self.handle.options(stream=True)
-        stream = getattr(responses, method).remote(*args)
+        stream = getattr(responses, method).remote(*args, **self.keyed)
         try:
             while True:
                 try:
@@ -74,9 +79,10 @@ class HandleTransport:
         finally:
             stream.cancel()
 
-    async def acall(self, method: str, *args: Any) -> Any:
+    async def acall(self, method: str, *args: Any, keyed: bool = False) -> Any:
         """`call` for asyncio code."""
+        kwargs = self.keyed if keyed else {}
         try:
-            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), self.timeout_s)
+            return await asyncio.wait_for(getattr(self.handle, method).remote(*args, **kwargs), self.timeout_s)
         except Exception as e:
             raise ray_errors.for_client(e) from None

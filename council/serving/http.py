@@ -6,11 +6,9 @@ is counted in the council's metrics here, once (handle callers are counted by Ro
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -21,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from council.credentials import Grant, KeyTable, RateLimiter, load_table
 from council.errors import (
     CouncilError,
     InvalidRequest,
@@ -46,7 +45,6 @@ from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, Mem
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "COUNCIL_API_KEY"
 
 
 class Ingress(Protocol):
@@ -68,8 +66,8 @@ class Ingress(Protocol):
         """'council' and each specialist's name."""
         ...
 
-    async def status(self) -> dict[str, Any]:
-        """The app's state."""
+    async def status(self, grant: Grant) -> dict[str, Any]:
+        """The app's state, with the store's counts of the tenants `grant` covers."""
         ...
 
 
@@ -81,15 +79,19 @@ def _started(request: Request) -> None:
 
 
 def authorized(request: Request) -> None:
-    """With an API key configured, require `Authorization: Bearer <key>` (compared in constant time)."""
-    key: str | None = request.app.state.api_key
-    if not key:
-        return
+    """The caller's grant (council.credentials): with keys configured, `Authorization: Bearer <key>` must name
+    one (hashed, compared in constant time); with none, the open grant. Then the key's rate limit."""
+    keys: KeyTable = request.app.state.keys
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # Headers arrive latin-1 decoded; compare the original bytes.
-    given = token.strip().encode("latin-1", "replace")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, key.encode("utf-8")):
-        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <COUNCIL_API_KEY>)")
+    grant = keys.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    request.state.grant = grant
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.admit(grant)
+
+
+def _grant(request: Request) -> Grant:
+    grant: Grant = request.state.grant
+    return grant
 
 
 async def json_body(request: Request) -> Any:
@@ -138,7 +140,7 @@ def _ingress(request: Request) -> Ingress:
 @router.post("/council")
 async def ask(request: Request, payload: JsonBody) -> Response:
     body: AskBody = parse(AskBody, payload)
-    ask = body.to_request(body.question)
+    ask = body.to_request(body.question, tenant=_grant(request).tenant_for(body.tenant, "read"))
     if body.stream:
         events = await _opened(_ingress(request).deliberate(ask, tokens=False))
         return _sse(_council_events(request, events))
@@ -149,8 +151,9 @@ async def ask(request: Request, payload: JsonBody) -> Response:
 @router.post("/documents")
 async def ingest(request: Request, payload: JsonBody) -> Response:
     body: IngestBody = parse(IngestBody, payload)
+    tenant = _grant(request).tenant_for(body.tenant, "write")
     documents = [d.to_document() for d in body.documents]
-    return JSONResponse(await _ingress(request).add_documents(body.tenant, documents))
+    return JSONResponse(await _ingress(request).add_documents(tenant, documents))
 
 
 @router.get("/models")
@@ -160,7 +163,7 @@ async def models(request: Request) -> ModelList:
 
 @router.get("/status")
 async def status(request: Request) -> Response:
-    return JSONResponse(_finite(await _ingress(request).status()))
+    return JSONResponse(_finite(await _ingress(request).status(_grant(request))))
 
 
 @router.post("/chat/completions")
@@ -173,11 +176,12 @@ async def chat(request: Request, payload: JsonBody) -> Response:
         raise InvalidRequest(refused)
     question, conversation = body.conversation()
     options = body.council or AskOptions()
+    tenant = _grant(request).tenant_for(options.tenant, "read")
     alone = body.model != "council"
     if alone:  # one specialist, asked alone
-        ask = options.to_request(question, specialists=(body.model,), k=None, conversation=conversation)
+        ask = options.to_request(question, specialists=(body.model,), k=None, conversation=conversation, tenant=tenant)
     else:
-        ask = options.to_request(question, conversation=conversation)
+        ask = options.to_request(question, conversation=conversation, tenant=tenant)
     completion = Completion(body.model)
     if body.stream:
         # Tokens stream only from a specialist asked alone; the council streams each member's answer as it lands.
@@ -190,8 +194,15 @@ async def chat(request: Request, payload: JsonBody) -> Response:
 
 async def _answer(request: Request, ask: AskRequest) -> CouncilAnswer:
     answer = await _ingress(request).answer(ask)
-    metrics.record_answer(answer, _elapsed(request))
+    _answered(request, answer)
     return answer
+
+
+def _answered(request: Request, answer: CouncilAnswer) -> None:
+    """Count an answer in the metrics and its generated tokens against the caller's key."""
+    metrics.record_answer(answer, _elapsed(request))
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.spend(_grant(request), sum(m.completion_tokens for m in answer.members))
 
 
 def _content(answer: CouncilAnswer, alone: bool) -> tuple[str, str]:
@@ -240,7 +251,7 @@ async def _council_events(request: Request, events: Events) -> AsyncIterator[dic
     try:
         async for event in events:
             if isinstance(event, CouncilAnswer):
-                metrics.record_answer(event, _elapsed(request))
+                _answered(request, event)
             yield event_body(event)
     except Exception as e:
         yield _stream_error(request, e)
@@ -264,7 +275,7 @@ async def _chat_events(
                 if not alone:
                     yield completion.member(event_body(event)["member"]).wire()
             else:
-                metrics.record_answer(event, _elapsed(request))
+                _answered(request, event)
                 content, finish = _content(event, alone)
                 rest = content[len(text.sent) :] if content.startswith(text.sent) else ""
                 if rest:
@@ -392,13 +403,17 @@ class _Incidents:
             await _internal_error(Request(scope), e)(scope, receive, send)
 
 
-def create_app(ingress: Ingress, *, max_body_bytes: int) -> FastAPI:
-    """The FastAPI app over one ingress; COUNCIL_API_KEY (read now) turns bearer auth on."""
+def create_app(
+    ingress: Ingress, *, max_body_bytes: int, keys: KeyTable | None = None, limiter: RateLimiter | None = None
+) -> FastAPI:
+    """The FastAPI app over one ingress. `keys`: the key table (default: read now from COUNCIL_KEYS_FILE and
+    COUNCIL_API_KEY); `limiter`: per-key rate limits (default: none)."""
     # No schema or docs routes: they would answer without the bearer token.
     app = FastAPI(title="council", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ingress = ingress
     app.state.max_body_bytes = max_body_bytes
-    app.state.api_key = os.environ.get(API_KEY_ENV) or None
+    app.state.keys = keys if keys is not None else load_table()
+    app.state.limiter = limiter if limiter is not None else RateLimiter()
     app.add_exception_handler(CouncilError, _council_error)
     for family in ray_errors.RAY_ERRORS:
         app.add_exception_handler(family, _ray_error)

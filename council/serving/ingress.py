@@ -12,13 +12,15 @@ from ray import serve
 
 from council.backends.store_lock import store_identity
 from council.config import CouncilConfig
+from council.credentials import Grant, RateLimiter, load_table
 from council.errors import InvalidRequest
 from council.pipeline import Council, Event
 from council.retrieval import check_tenant
 from council.serving import metrics
+from council.serving.exposure import checked_keys, proxy_host
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.serving.ray_errors import as_council_error
-from council.serving.schemas import event_body, parse_ask, parse_ingest
+from council.serving.schemas import AskBody, event_body, parse, parse_ingest
 from council.types import AskRequest, CouncilAnswer, Document
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
 log = logging.getLogger(__name__)
+STATUS_TTL_S = 2.0
 
 
 class RouterIngress:
@@ -45,6 +48,10 @@ class RouterIngress:
         from council.backends.embeddings import get_batched_embedder
 
         self.config = CouncilConfig.model_validate(config)
+        # Who may call, and how much: refused here, before anything loads, when exposed without credentials.
+        self.keys = checked_keys(self.config.http.auth, load_table(), proxy_host())
+        self.limiter = RateLimiter(self.config.http.requests_per_minute, self.config.http.tokens_per_minute)
+        self._status_cache: tuple[float, Any] | None = None
         self.retriever_handle = retriever
         self.retriever = HandleRetriever(retriever)
         # Batched: concurrent questions share one embedding pass (routing and retrieval share each vector).
@@ -61,24 +68,37 @@ class RouterIngress:
         """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
         from council.serving.http import create_app
 
-        return create_app(self, max_body_bytes=self.config.http.max_body_bytes)
+        return create_app(
+            self, max_body_bytes=self.config.http.max_body_bytes, keys=self.keys, limiter=self.limiter
+        )
 
-    async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, payload: dict[str, Any], api_key: str | None = None) -> dict[str, Any]:
         """POST /v1/council by handle: `payload` has the HTTP body's fields; returns CouncilAnswer.to_dict().
+        `api_key`: the caller's key, as over HTTP (needed when the app has keys; it decides the tenant).
 
         Counted in the council's metrics here (HTTP requests are counted by the HTTP app).
         """
         if payload.get("stream"):
             raise InvalidRequest("stream: by handle, call ask_stream with handle.options(stream=True)")
-        request = parse_ask(payload)
+        grant, request = self._request(payload, api_key)
         t0 = time.perf_counter()
         try:
             answer = await self.answer(request)
         except Exception as e:
             metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
             raise
-        metrics.record_answer(answer, time.perf_counter() - t0)
+        self._answered(grant, answer, t0)
         return answer.to_dict()
+
+    def _request(self, payload: dict[str, Any], api_key: str | None) -> tuple[Grant, AskRequest]:
+        grant = self.keys.authenticate(api_key)
+        self.limiter.admit(grant)
+        body: AskBody = parse(AskBody, {k: v for k, v in payload.items() if k != "stream"})
+        return grant, body.to_request(body.question, tenant=grant.tenant_for(body.tenant, "read"))
+
+    def _answered(self, grant: Grant, answer: CouncilAnswer, t0: float) -> None:
+        metrics.record_answer(answer, time.perf_counter() - t0)
+        self.limiter.spend(grant, sum(m.completion_tokens for m in answer.members))
 
     async def answer(self, request: AskRequest) -> CouncilAnswer:
         """Run the council on a typed request (the caller counts its outcome)."""
@@ -88,27 +108,30 @@ class RouterIngress:
         """The council on a typed request as it happens (Council.deliberate; the caller counts its outcome)."""
         return self.council.deliberate(request, tokens=tokens)
 
-    async def ask_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def ask_stream(self, payload: dict[str, Any], api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """POST /v1/council with `stream: true`, by handle (`handle.options(stream=True)`): the deliberation's
         events as dicts (schemas.event_body): "route", each "member" as it lands, then "answer". Counted here."""
-        request = parse_ask({k: v for k, v in payload.items() if k != "stream"})
+        grant, request = self._request(payload, api_key)
         t0 = time.perf_counter()
         try:
             async for event in self.council.deliberate(request):
                 if isinstance(event, CouncilAnswer):
-                    metrics.record_answer(event, time.perf_counter() - t0)
+                    self._answered(grant, event, t0)
                 yield event_body(event)
         except Exception as e:
             metrics.record_failure(e, time.perf_counter() - t0, as_council_error(e))
             raise
 
-    async def ingest(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/documents by handle: store documents for a tenant.
+    async def ingest(self, payload: dict[str, Any], api_key: str | None = None) -> dict[str, Any]:
+        """POST /v1/documents by handle: store documents for a tenant (the key's, see council.credentials).
 
         Returns {"tenant", "documents", "chunks", "added", "skipped"} (re-ingesting adds nothing).
         """
+        grant = self.keys.authenticate(api_key)
+        self.limiter.admit(grant)
         body = parse_ingest(payload)
-        return await self.add_documents(body.tenant, [d.to_document() for d in body.documents])
+        tenant = grant.tenant_for(body.tenant, "write")
+        return await self.add_documents(tenant, [d.to_document() for d in body.documents])
 
     async def add_documents(self, tenant: str, documents: Sequence[Document]) -> dict[str, Any]:
         """Store documents for `tenant` in the app's store, one call per domain in order; the ingest report."""
@@ -129,17 +152,27 @@ class RouterIngress:
         """Model names the council answers to: 'council' and each specialist's name."""
         return ["council", *(s.name for s in self.config.specialists)]
 
-    async def status(self) -> dict[str, Any]:
-        """Specialists, every deployment's replica states, and the store's chunk count."""
+    async def status(self, grant: Grant | None = None, api_key: str | None = None) -> dict[str, Any]:
+        """Specialists, every deployment's replica states, and the store's chunk count — of every tenant for a
+        key over all of them, else of the key's own tenants (`tenants`: their counts). By handle, `api_key`
+        names the caller's key as over HTTP."""
+        if grant is None:
+            grant = self.keys.authenticate(api_key)
         app_name = serve.get_replica_context().app_name
-        serve_status = await asyncio.to_thread(serve.status)
+        serve_status = await self._serve_status()
         app = serve_status.applications.get(app_name)
         deployments = {
             name: {"status": _name(d.status), "replicas": {_name(k): v for k, v in d.replica_states.items()}}
             for name, d in (app.deployments.items() if app else ())
         }
+        tenants: dict[str, int] | None = None
         try:
-            chunks: int | None = await self.retriever.count()
+            if grant.every_tenant:
+                chunks: int | None = await self.retriever.count()
+            else:
+                own = sorted(t for t in grant.tenants if grant.covers(t))
+                tenants = {t: await self.retriever.count(t) for t in own}
+                chunks = sum(tenants.values())
         except Exception as e:  # status must answer even when the store does not
             log.warning("store count failed: %s", e)
             chunks = None
@@ -149,8 +182,16 @@ class RouterIngress:
             "specialists": [s.name for s in self.config.specialists],
             "deployments": deployments,
             "chunks": chunks,
+            **({"tenants": tenants} if tenants is not None else {}),
             "store": store_identity(self.config.retrieval),
         }
+
+    async def _serve_status(self) -> Any:
+        """serve.status(), at most once per STATUS_TTL_S per replica: /v1/status stays cheap under polling."""
+        now = time.monotonic()
+        if self._status_cache is None or now - self._status_cache[0] > STATUS_TTL_S:
+            self._status_cache = (now, await asyncio.to_thread(serve.status))
+        return self._status_cache[1]
 
 
 def _name(state: Any) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from council.config import validated
 from council.errors import InvalidRequest
+from council.retrieval import PUBLIC
 from council.types import (
     CHAT_ROLES,
     AskRequest,
@@ -48,7 +49,9 @@ class AskOptions(_Strict):
     """Per-request council options (None: the server's config decides)."""
 
     k: StrictInt | None = Field(default=None, description="Specialists asked (top-k by route score).")
-    tenant: StrictStr = Field(default="public", description="Whose documents are searched.")
+    tenant: StrictStr | None = Field(
+        default=None, description="Whose documents are searched (default: the key's only tenant, else public)."
+    )
     budget_tokens: StrictInt | None = Field(default=None, description="Context token budget per member.")
     ordering: StrictStr | None = Field(default=None, description="Passage order: relevance, edges, reverse, random.")
     orderings: StrictInt | None = Field(default=None, description="Orderings per member (>1 votes across them).")
@@ -62,7 +65,7 @@ class AskOptions(_Strict):
         fields: dict[str, Any] = {
             "question": question,
             "k": self.k,
-            "tenant": self.tenant,
+            "tenant": self.tenant or PUBLIC,
             "budget_tokens": self.budget_tokens,
             "ordering": self.ordering,
             "orderings": self.orderings,
@@ -84,7 +87,9 @@ class AskBody(AskOptions):
 class IngestBody(_Strict):
     """POST /v1/documents."""
 
-    tenant: StrictStr = Field(default="public", description="Whose store the documents join.")
+    tenant: StrictStr | None = Field(
+        default=None, description="Whose store the documents join (required unless the key has one tenant)."
+    )
     documents: list[DocumentIn] = Field(min_length=1, max_length=1000, description="Documents to store.")
 
 
@@ -329,12 +334,6 @@ def event_body(event: RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
 def parse(model: type[BaseModel], payload: Any) -> Any:
     """`payload` (decoded JSON) as `model`; InvalidRequest names the first bad field."""
     return validated(model, payload, "request", InvalidRequest)
-
-
-def parse_ask(payload: Any) -> AskRequest:
-    """Validate a POST /v1/council body (a dict) into an AskRequest; InvalidRequest names the bad field."""
-    body: AskBody = parse(AskBody, payload)
-    return body.to_request(body.question)
 
 
 def parse_ingest(payload: Any) -> IngestBody:
