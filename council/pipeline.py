@@ -399,6 +399,8 @@ class Council:
         `emit`, a member that streams and reads one ordering emits its answer's pieces as they come."""
         spec = self.specialists[name]
         conv = req.conversation
+        if conv is not None and not conv.history and not conv.sampling:
+            conv = None  # a chat of one plain question: any member takes it
         if conv is not None:
             conv = conv.for_member(self.config.specialist(name).generation.max_new_tokens)
         try:

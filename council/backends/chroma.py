@@ -268,7 +268,8 @@ class ChromaRetriever:
         if self._collection.get(where={"tenant": tenant}, limit=1, include=[])["ids"]:
             self._tenants_seen.add(tenant)
             return
-        raise UnknownTenant(f"unknown tenant {tenant!r}: it has no documents", details={"tenant": tenant})
+        # The same 404 as for a tenant the caller's key does not cover (council.credentials.unknown_tenant).
+        raise UnknownTenant(f"unknown tenant {tenant!r}", details={"tenant": tenant})
 
     def count(self, tenant: str | None = None) -> int:
         """Stored chunks, of one tenant or of all."""

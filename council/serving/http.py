@@ -83,7 +83,9 @@ def authorized(request: Request) -> None:
     one (hashed, compared in constant time); with none, the open grant. Then the key's rate limit."""
     keys: KeyTable = request.app.state.keys
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    grant = keys.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    # Headers arrive latin-1 decoded: a UTF-8 key's original bytes, read as UTF-8 again.
+    given = token.strip().encode("latin-1", "replace").decode("utf-8", "replace")
+    grant = keys.authenticate(given if scheme.lower() == "bearer" else None)
     request.state.grant = grant
     limiter: RateLimiter = request.app.state.limiter
     limiter.admit(grant)

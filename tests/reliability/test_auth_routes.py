@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from council import credentials
+from council.credentials import API_KEY_ENV, key_hash
 from council.serving import http
 from tests.fakes import FakeIngress
 
@@ -18,7 +20,7 @@ OPEN = {"/healthz"}
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    monkeypatch.setenv(http.API_KEY_ENV, KEY)
+    monkeypatch.setenv(API_KEY_ENV, KEY)
     return TestClient(http.create_app(FakeIngress(guard=True), max_body_bytes=65536), raise_server_exceptions=False)
 
 
@@ -65,13 +67,14 @@ def test_the_token_is_compared_in_constant_time(client: TestClient, monkeypatch:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(http.hmac, "compare_digest", spy)
+    monkeypatch.setattr(credentials.hmac, "compare_digest", spy)
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert calls and calls[-1][1] == KEY.encode("utf-8")
+    # The key's hash against every stored hash, never the key itself in plain text.
+    assert calls and calls[-1] == (key_hash("nope").encode(), key_hash(KEY).encode())
 
 
 def test_the_right_token_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(http.API_KEY_ENV, KEY)
+    monkeypatch.setenv(API_KEY_ENV, KEY)
     client = TestClient(http.create_app(FakeIngress(), max_body_bytes=65536), raise_server_exceptions=False)
     r = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}".encode()})
     assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["council", "solo"]

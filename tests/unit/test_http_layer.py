@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from council.errors import Overloaded, QuorumNotMet
+from council.credentials import API_KEY_ENV
 from council.serving import http
 from tests.fakes import FakeIngress
 
@@ -50,7 +51,7 @@ def test_non_finite_numbers_become_null_not_a_500() -> None:
 
 
 def test_api_key_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(http.API_KEY_ENV, "s3cret")
+    monkeypatch.setenv(API_KEY_ENV, "s3cret")
     client = _client(FakeIngress())
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
