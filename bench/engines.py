@@ -128,23 +128,30 @@ def pct(xs: Sequence[float], p: float) -> float:
 
 
 def tree() -> list[Any]:
-    """This process and all its descendants (vLLM's engine core and its helpers)."""
+    """This process and its live descendants (vLLM's engine core, its worker, multiprocessing's resource tracker).
+    Zombies are left out: vLLM kills an engine core that outlives its 5 s shutdown grace and never reaps it."""
     import psutil
 
+    def alive(p: Any) -> bool:
+        try:
+            return bool(p.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
     me = psutil.Process()
-    return [me, *me.children(recursive=True)]
+    return [me, *(p for p in me.children(recursive=True) if alive(p))]
 
 
-def rss_mib() -> tuple[float, int]:
-    """(RSS of this process plus its descendants, in MiB; how many processes)."""
-    total, n = 0, 0
+def pids() -> dict[int, str]:
+    """Live processes of the tree by pid: their names (multiprocessing's resource tracker: "resource tracker")."""
+    out = {}
     for p in tree():
         try:
-            total += p.memory_info().rss
-            n += 1
-        except Exception:  # gone meanwhile
+            cmd = " ".join(p.cmdline())
+            out[p.pid] = "resource tracker" if "resource_tracker" in cmd else p.name()
+        except Exception:
             continue
-    return total / MIB, n
+    return out
 
 
 def memory() -> dict[str, float]:
@@ -394,7 +401,7 @@ async def bench_engine(
     q = args.quick
     timeout = args.cell_timeout_s
     gc.collect()
-    mem0, procs0 = memory(), rss_mib()[1]
+    mem0, pids0 = memory(), pids()
     u_start = usage()
     t0 = time.perf_counter()
     import_s = 0.0
@@ -405,8 +412,11 @@ async def bench_engine(
     server = SpecialistServer(spec)
     await server.start()
     res: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "import_s": import_s}
-    mem1, procs1 = memory(), rss_mib()[1]
-    res.update(memory_before_mib=mem0, memory_built_mib=mem1, processes=procs1 - procs0 + 1)
+    mem1, new = memory(), {pid: name for pid, name in pids().items() if pid not in pids0}
+    # processes: the replica's own (this one) plus those building the engine started.
+    res.update(
+        memory_before_mib=mem0, memory_built_mib=mem1, processes=1 + len(new), new_processes=sorted(new.values())
+    )
     passes = record_passes(server.base_engine) if kind == "transformers" else None
     prompts = itertools.cycle(ctx["pool"])  # the same questions in the same order on each engine
     try:
@@ -472,8 +482,11 @@ async def bench_engine(
     finally:
         await server.engine.shutdown()
         gc.collect()
-        deadline = time.monotonic() + 60  # the engine core's processes go before the next engine starts
-        while rss_mib()[1] > procs0 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        # The engine's processes go before the next engine starts (the resource tracker lives on, idle).
+        while any(pid in new and name != "resource tracker" for pid, name in pids().items()):
+            if time.monotonic() > deadline:
+                break
             await asyncio.sleep(0.5)
     return res
 
@@ -516,7 +529,8 @@ def report(name: str, about: str, r: dict[str, dict[str, Any]], args: argparse.N
             print(f"| {label}, {c} stream{'s' if c > 1 else ''} at once, ms | {a[key]:.0f} | {b[key]:.0f} | "
                   f"{ratio(b[key], a[key]):.2f}× |")  # fmt: skip
     print("\n| one replica | transformers | vLLM | vLLM / HF |\n|---|---:|---:|---:|")
-    print(f"| start-up, s (vLLM: of which `import vllm` {vl['import_s']:.1f} s) | {hf['startup_s']:.1f} | "
+    imported = f"of which `import vllm` {vl['import_s']:.1f} s" if vl["import_s"] > 0.05 else "vllm imported already"
+    print(f"| start-up, s (vLLM: {imported}) | {hf['startup_s']:.1f} | "
           f"{vl['startup_s']:.1f} | {ratio(vl['startup_s'], hf['startup_s']):.1f}× |")  # fmt: skip
     print(f"| start-up to the first answer, s | {hf['first_answer_s']:.1f} | {vl['first_answer_s']:.1f} | "
           f"{ratio(vl['first_answer_s'], hf['first_answer_s']):.1f}× |")  # fmt: skip
@@ -526,7 +540,8 @@ def report(name: str, about: str, r: dict[str, dict[str, Any]], args: argparse.N
             x, y = (r[at][kind] - r["memory_before_mib"][kind] for r in (hf, vl))
             print(f"| {kind.upper()} added (this process + children), {label}, MiB | {x:.0f} | {y:.0f} | "
                   f"{ratio(y, x):.1f}× |")  # fmt: skip
-    print(f"| processes | {hf['processes']} | {vl['processes']} | |")
+    print(f"| processes (new ones: {', '.join(vl['new_processes']) or '-'}) | {hf['processes']} | "
+          f"{vl['processes']} | |")  # fmt: skip
     print(f"| cores busy while idle ({args.idle_s:g} s, no requests) | {hf['idle_cores']:.2f} | "
           f"{vl['idle_cores']:.2f} | |")  # fmt: skip
     x, y = hf["cores"], vl["cores"]
