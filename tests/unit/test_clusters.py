@@ -233,3 +233,43 @@ def test_rayjob_entrypoints_parse_and_name_a_valid_council(name: str) -> None:
     # The job's own parser accepts the entrypoint's arguments.
     importlib.import_module(module).parse_args(args)
     assert job["spec"]["shutdownAfterJobFinishes"] is True
+
+
+# ---- secure by default -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["serve-gpu.yaml", "kuberay/rayservice.yaml"])
+def test_an_exposed_serve_config_brings_credentials_and_never_a_key(where: str) -> None:
+    """Both listen on 0.0.0.0, so the app starts only with credentials (council/serving/exposure.py): a key table
+    path in the app's environment, the table itself a Secret or a node file; no key in the Serve config."""
+    import json
+
+    path = CLUSTERS / where
+    (first,) = docs(path)
+    serve = yaml.safe_load(first["spec"]["serveConfigV2"]) if "spec" in first else first
+    assert serve["http_options"]["host"] == "0.0.0.0"
+    for app in serve_apps(path, serve):
+        env = app["runtime_env"]["env_vars"]
+        assert env["COUNCIL_KEYS_FILE"].startswith("/") and council_of(app, where).http.auth == "keys"
+        assert "COUNCIL_API_KEY" not in json.dumps(app) and "sha256" not in json.dumps(app)
+    if "spec" in first:  # every pod that may run the ingress mounts the Secret where the path points
+        folder = str(Path(env["COUNCIL_KEYS_FILE"]).parent)
+        cluster = first["spec"]["rayClusterConfig"]
+        workers = [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+        pods = [cluster["headGroupSpec"]["template"]["spec"], *workers]
+        for pod in pods:
+            secrets = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "council-keys"}
+            mounts = {m["name"] for c in pod["containers"] for m in c["volumeMounts"] if m["mountPath"] == folder}
+            assert secrets & mounts, pod["containers"][0]["name"]
+
+
+def test_the_network_policy_lets_only_the_gateway_reach_the_api_port() -> None:
+    (policy,) = docs(KUBERAY / "networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": "council"}
+    rules = policy["spec"]["ingress"]
+    api = [r for r in rules if {"protocol": "TCP", "port": 8000} in r.get("ports", [])]
+    assert len(api) == 1
+    sources = [s["podSelector"]["matchLabels"] for s in api[0]["from"]]
+    assert sources == [{"app.kubernetes.io/name": "council-gateway"}, {"ray.io/cluster": "council"}]
+    assert all("from" in r for r in rules)  # no rule open to every source
