@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from council.errors import Overloaded, QuorumNotMet
 from council.credentials import API_KEY_ENV
+from council.errors import Overloaded, QuorumNotMet
 from council.serving import http
 from tests.fakes import FakeIngress
 
