@@ -338,5 +338,36 @@ def eval_(ctx: typer.Context) -> None:
     raise typer.Exit(int(main(list(ctx.args)) or 0))
 
 
+# ---------------------------------------------------------------- credentials
+
+keys_app = typer.Typer(help="API keys bound to tenants (the key table COUNCIL_KEYS_FILE names).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+@friendly
+def keys_add(
+    file: Annotated[Path, typer.Option("--file", help="The key table (YAML) to add to; created if missing.")],
+    name: Annotated[str, typer.Option(help="A unique name for the key (shown in logs and errors).")],
+    tenant: Annotated[list[str], typer.Option("--tenant", help="A tenant the key covers (repeatable; '*': all).")],
+    rights: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read",
+) -> None:
+    """Make a new key for some tenants, store its hash in the key table, and print the key once."""
+    import yaml
+
+    from council.credentials import new_key, parse_table, table_entry
+
+    table: Any = yaml.safe_load(file.read_text()) if file.exists() else None
+    table = table or {"keys": []}
+    key = new_key()
+    entry = table_entry(name, key, tenant, [r.strip() for r in rights.split(",") if r.strip()])
+    table["keys"].append(entry)
+    parse_table(table, str(file))  # the whole table still loads (unique names, valid fields)
+    file.write_text(yaml.safe_dump(table, sort_keys=False))
+    file.chmod(0o600)
+    err_console.print(f"added key {name!r} for {', '.join(tenant)} ({entry['rights']}) to {file}; the key:")
+    print(key)
+
+
 if __name__ == "__main__":
     app()

@@ -109,3 +109,21 @@ def test_demo_without_its_council_config_is_a_clear_error(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["demo", "--once", "--config", str(serve_yaml)])
     assert result.exit_code == 1
     assert "/nowhere/council.yaml" in result.output and "does not exist" in result.output
+
+
+def test_keys_add_stores_only_the_hash_and_prints_the_key_once(tmp_path: Path) -> None:
+    from council.credentials import KEYS_FILE_ENV, load_table
+
+    table = tmp_path / "keys.yaml"
+    runner = CliRunner()
+    made = runner.invoke(app, ["keys", "add", "--file", str(table), "--name", "acme", "--tenant", "acme",
+                               "--rights", "read,write"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("ck-") and key not in table.read_text() and oct(table.stat().st_mode)[-3:] == "600"
+    grant = load_table({KEYS_FILE_ENV: str(table)}).lookup(key)
+    assert grant is not None and grant.tenants == {"acme"} and grant.rights == {"read", "write"}
+    again = runner.invoke(app, ["keys", "add", "--file", str(table), "--name", "acme", "--tenant", "b"])
+    assert again.exit_code == 1 and "keys[1].name" in again.output
+    bad = runner.invoke(app, ["keys", "add", "--file", str(table), "--name", "x", "--tenant", "a", "--rights", "own"])
+    assert bad.exit_code == 1 and "rights" in bad.output
