@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from council.config import validated
 from council.errors import InvalidRequest
@@ -31,6 +31,13 @@ from council.types import (
 class _Strict(BaseModel):
     # Unknown fields are typos; strict types refuse "3" for an int and 1 for a bool.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _named(tenant: Any) -> Any:
+    """A tenant left out means "the key's"; an explicit null is a mistake, not that."""
+    if tenant is None:
+        raise ValueError("leave tenant out or name one; null is not a tenant")
+    return tenant
 
 
 class DocumentIn(_Strict):
@@ -59,6 +66,8 @@ class AskOptions(_Strict):
     specialists: list[StrictStr] | None = Field(default=None, description="Ask exactly these specialists.")
     early_exit: StrictBool | None = Field(default=None, description="Answer once a quorum agrees.")
     use_retrieval: StrictBool = Field(default=True, description="Search the tenant's store.")
+
+    _tenant = field_validator("tenant", mode="before")(lambda v: _named(v))
 
     def to_request(self, question: str, **overrides: Any) -> AskRequest:
         """The typed AskRequest for `question` with these options."""
@@ -90,6 +99,8 @@ class IngestBody(_Strict):
     tenant: StrictStr | None = Field(
         default=None, description="Whose store the documents join (required unless the key has one tenant)."
     )
+
+    _tenant = field_validator("tenant", mode="before")(lambda v: _named(v))
     documents: list[DocumentIn] = Field(min_length=1, max_length=1000, description="Documents to store.")
 
 
