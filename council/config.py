@@ -181,6 +181,12 @@ class RetrievalConfig(_Model):
     tenants: list[str] | None = Field(
         None, description="Allowed tenants; when unset, a tenant is known once it has ingested documents."
     )
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A question's retrieval (stored and ephemeral documents) slower than this fails the request "
+        "with 504 retrieval_timeout instead of holding it.",
+    )
     num_cpus: float = Field(0.2, ge=0, description="CPUs for the retrieval replica.")
 
     @field_validator("path")

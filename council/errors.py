@@ -82,6 +82,13 @@ class Overloaded(CouncilError):
         self.retry_after_s = retry_after_s
 
 
+class RetrievalTimeout(CouncilError):
+    """The document store did not answer within retrieval.timeout_s; the request is given up, not held."""
+
+    status = 504
+    type = "retrieval_timeout"
+
+
 class Unreachable(CouncilError):
     """The council could not be reached at all (connection refused, DNS, no such Serve app)."""
 
