@@ -197,12 +197,12 @@ def ingest(
     An embedded store belongs to one process: while `council serve` (or `serve run`) holds it, the documents
     go through that server; any other holder is named in the error.
     """
-    files = find_files(paths)
+    retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
+    files = find_files(paths, max_bytes=retrieval.max_file_bytes)
     if not files:
         raise CouncilError(f"no {KINDS} files under {', '.join(map(str, paths))}")
-    retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
     if url is not None:
-        _ingest_served(url, files, tenant=tenant, domain=domain, store=None)
+        _ingest_served(url, files, tenant=tenant, domain=domain, store=None, max_file_bytes=retrieval.max_file_bytes)
         return
     from council.backends.store_lock import SERVER_ROLE
     from council.errors import StoreBusy
@@ -214,7 +214,8 @@ def ingest(
         if not any(str(h.get("role", "")).startswith(SERVER_ROLE) for h in holders):
             raise
         err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {server_url}[/]")
-        _ingest_served(server_url, files, tenant=tenant, domain=domain, store=retrieval.path)
+        limit = retrieval.max_file_bytes
+        _ingest_served(server_url, files, tenant=tenant, domain=domain, store=retrieval.path, max_file_bytes=limit)
 
 
 def _ingest_here(retrieval: Any, files: list[Path], *, tenant: str, domain: str | None) -> None:
@@ -247,7 +248,9 @@ def _ingest_here(retrieval: Any, files: list[Path], *, tenant: str, domain: str 
     )
 
 
-def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | None, store: str | None) -> None:
+def _ingest_served(
+    url: str, files: list[Path], *, tenant: str, domain: str | None, store: str | None, max_file_bytes: int
+) -> None:
     """Send the files' documents to a running council (POST /v1/documents), in requests under its body limit.
 
     With `store`, the server must say it serves that embedded folder (GET /v1/status) before anything is sent.
@@ -265,7 +268,7 @@ def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | No
                 )
         totals = {"added": 0, "skipped": 0, "chunks": 0}
         per_tenant: dict[str, int] = {}
-        for row_tenant, batch in document_batches(files, tenant=tenant, domain=domain):
+        for row_tenant, batch in document_batches(files, tenant=tenant, domain=domain, max_file_bytes=max_file_bytes):
             report = client.ingest(batch, tenant=row_tenant)
             per_tenant[row_tenant] = per_tenant.get(row_tenant, 0) + len(batch)
             totals = {k: totals[k] + int(report.get(k, 0)) for k in totals}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from council import retrieval
-from council.backends.files import SourceText, read_files
+from council.backends.files import SourceText, check_readable, find_files, iter_documents
 from council.backends.store_lock import StoreLock
 from council.config import RetrievalConfig
 from council.errors import InvalidRequest, UnknownTenant
@@ -86,20 +86,23 @@ class ChromaRetriever:
         return self._ingest_rows([SourceText(tenant=tenant, source=s, text=t, domain=domain) for s, t in docs])
 
     def ingest_paths(self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None) -> IngestReport:
-        """Ingest .txt/.md files, Parquet files and folders of them (recursive).
+        """Ingest .txt/.md files, Parquet files and folders of them (recursive; `find_files` says what is read).
 
         Every file is read and checked before anything is written, so a bad file (BadInputFile naming the
-        file and column) leaves the store as it was. A Parquet `tenant` column overrides `tenant` per row.
+        file and column) leaves the store as it was; then the files are read again, one at a time, and written
+        as they are read. A Parquet `tenant` column overrides `tenant` per row.
         """
         self._require_allowed(check_tenant(tenant))
-        rows = read_files(paths, tenant, domain)
-        for t in sorted({r.tenant for r in rows}):
+        limit = self.config.max_file_bytes
+        files = find_files(paths, max_bytes=limit)
+        for t in sorted(check_readable(files, tenant, max_bytes=limit)):
             self._require_allowed(t)
-        return self._ingest_rows(rows)
+        return self._ingest_rows(iter_documents(files, tenant, domain, max_bytes=limit))
 
-    def _ingest_rows(self, rows: Sequence[SourceText]) -> IngestReport:
+    def _ingest_rows(self, rows: Iterable[SourceText]) -> IngestReport:
+        """Chunk and store `rows` as they come, a write batch at a time (never the whole corpus in memory)."""
         records: dict[str, tuple[str, dict[str, Any]]] = {}
-        total = 0
+        total = added = 0
         opts = self.config.chunking
         for row in rows:
             for index, text in enumerate(chunk_text(row.text, opts.max_chars, opts.overlap_sentences)):
@@ -108,14 +111,21 @@ class ChromaRetriever:
                 if row.domain:
                     meta["domain"] = row.domain
                 records.setdefault(chunk_id(row.tenant, text), (text, meta))
-        ids = list(records)
-        added = 0
-        with self._write_lock:
-            for start in range(0, len(ids), _WRITE_BATCH):
-                added += self._add_new(ids[start : start + _WRITE_BATCH], records)
-        self._tenants_seen.update(meta["tenant"] for _, meta in records.values())
+                if len(records) >= _WRITE_BATCH:
+                    added += self._write(records)
+                    records = {}
+        added += self._write(records)
         log.info("ingested %d chunks: %d new, %d already stored", total, added, total - added)
         return IngestReport(added=added, skipped=total - added, chunks=total)
+
+    def _write(self, records: dict[str, tuple[str, dict[str, Any]]]) -> int:
+        """Store the records the store lacks; how many that was."""
+        if not records:
+            return 0
+        with self._write_lock:
+            added = self._add_new(list(records), records)
+        self._tenants_seen.update(meta["tenant"] for _, meta in records.values())
+        return added
 
     def stored_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` (chunk ids, see `council.retrieval.chunk_id`) the store already holds."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from council.backends.files import PARQUET_SUFFIXES, find_files
 from council.jobs._common import bad_file
 
 REQUIRED_COLUMNS = ("id", "question")
@@ -96,9 +97,8 @@ def inspect_input(path: str | Path) -> Questions:
     a missing or mistyped column, a null or repeated id.
     """
     root = Path(path)
-    if not root.exists():
-        raise bad_file(root, "no such file or folder")
-    files = sorted(str(f) for f in root.rglob("*.parquet")) if root.is_dir() else [str(root)]
+    # The ingest's own discovery: regular files only, never through a link, each under the given folder.
+    files = [str(f) for f in find_files([root], suffixes=PARQUET_SUFFIXES, kinds="Parquet", max_bytes=None)]
     if not files:
         raise bad_file(root, "the folder holds no .parquet files")
     id_chunks: list[pa.ChunkedArray] = []

@@ -29,12 +29,14 @@ from council.jobs._common import EXIT_OK, add_common_args, bad_file, connect_ray
 
 log = logging.getLogger("council.jobs.ingest")
 
-def file_chunks(item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int) -> Iterator[dict[str, Any]]:
+def file_chunks(
+    item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int, max_bytes: int
+) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: one file -> its chunks as rows {id, text}, cut by the retriever's own chunker."""
     from council.backends.files import read_file
     from council.retrieval import chunk_id, chunk_text
 
-    for doc in read_file(Path(item["path"]), tenant, None):
+    for doc in read_file(Path(item["path"]), tenant, None, max_bytes=max_bytes):
         for chunk in chunk_text(doc.text, max_chars, overlap):
             yield {"id": chunk_id(doc.tenant, chunk), "text": chunk}
 
@@ -133,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     check_tenant(args.tenant)
     retrieval = retrieval_config(args)
-    files = find_files(args.paths)
+    files = find_files(args.paths, max_bytes=retrieval.max_file_bytes)
     if not files:
         raise bad_file(", ".join(map(str, args.paths)), f"no {KINDS} files there")
-    check_readable(files)
+    check_readable(files, args.tenant, max_bytes=retrieval.max_file_bytes)
     where = f"Chroma server {retrieval.host}:{retrieval.port}" if retrieval.host else f"Chroma folder {retrieval.path}"
     log.info("ingesting %d file(s) for tenant %r into %s", len(files), args.tenant, where)
     connect_ray(args.address)
@@ -170,6 +172,7 @@ def _chunk(files: Sequence[Path], args: argparse.Namespace, retrieval: Retrieval
         tenant=args.tenant,
         max_chars=retrieval.chunking.max_chars,
         overlap=retrieval.chunking.overlap_sentences,
+        max_bytes=retrieval.max_file_bytes,
     )
     ds = ray.data.from_items([{"path": str(f.resolve())} for f in files]).flat_map(chunker, num_cpus=0.25)
     return {row["id"]: row["text"] for row in ds.iter_rows()}
