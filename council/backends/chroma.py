@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,17 @@ _LEXICAL_PROBES = 6  # question words searched for verbatim (Chroma's $contains 
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What an ingest did: chunks produced, of which `added` were new and `skipped` already stored."""
+    """What an ingest did: chunks produced, of which `added` were new and `skipped` already stored; `tenants`:
+    the chunks produced for each tenant (informative: reports compare by the three counts)."""
 
     added: int = 0
     skipped: int = 0
     chunks: int = 0
+    tenants: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __add__(self, other: IngestReport) -> IngestReport:
-        return IngestReport(self.added + other.added, self.skipped + other.skipped, self.chunks + other.chunks)
+        tenants = dict(Counter(self.tenants) + Counter(other.tenants))
+        return IngestReport(self.added + other.added, self.skipped + other.skipped, self.chunks + other.chunks, tenants)
 
 
 class ChromaRetriever:
@@ -85,28 +89,33 @@ class ChromaRetriever:
         self._require_allowed(check_tenant(tenant))
         return self._ingest_rows([SourceText(tenant=tenant, source=s, text=t, domain=domain) for s, t in docs])
 
-    def ingest_paths(self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None) -> IngestReport:
+    def ingest_paths(
+        self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None, tenant_column: bool = False
+    ) -> IngestReport:
         """Ingest .txt/.md files, Parquet files and folders of them (recursive; `find_files` says what is read).
 
         Every file is read and checked before anything is written, so a bad file (BadInputFile naming the
         file and column) leaves the store as it was; then the files are read again, one at a time, and written
-        as they are read. A Parquet `tenant` column overrides `tenant` per row.
+        as they are read. A Parquet `tenant` column that names another tenant is refused, unless
+        `tenant_column`: then it says each row's tenant. The report counts the chunks of each tenant.
         """
         self._require_allowed(check_tenant(tenant))
         limit = self.config.max_file_bytes
         files = find_files(paths, max_bytes=limit)
-        for t in sorted(check_readable(files, tenant, max_bytes=limit)):
+        for t in sorted(check_readable(files, tenant, max_bytes=limit, tenant_column=tenant_column)):
             self._require_allowed(t)
-        return self._ingest_rows(iter_documents(files, tenant, domain, max_bytes=limit))
+        return self._ingest_rows(iter_documents(files, tenant, domain, max_bytes=limit, tenant_column=tenant_column))
 
     def _ingest_rows(self, rows: Iterable[SourceText]) -> IngestReport:
         """Chunk and store `rows` as they come, a write batch at a time (never the whole corpus in memory)."""
         records: dict[str, tuple[str, dict[str, Any]]] = {}
         total = added = 0
+        tenants: Counter[str] = Counter()
         opts = self.config.chunking
         for row in rows:
             for index, text in enumerate(chunk_text(row.text, opts.max_chars, opts.overlap_sentences)):
                 total += 1
+                tenants[row.tenant] += 1
                 meta: dict[str, Any] = {"source": row.source, "tenant": row.tenant, "chunk": index}
                 if row.domain:
                     meta["domain"] = row.domain
@@ -116,7 +125,7 @@ class ChromaRetriever:
                     records = {}
         added += self._write(records)
         log.info("ingested %d chunks: %d new, %d already stored", total, added, total - added)
-        return IngestReport(added=added, skipped=total - added, chunks=total)
+        return IngestReport(added=added, skipped=total - added, chunks=total, tenants=dict(tenants))
 
     def _write(self, records: dict[str, tuple[str, dict[str, Any]]]) -> int:
         """Store the records the store lacks; how many that was."""

@@ -151,20 +151,30 @@ def is_parquet(path: Path) -> bool:
 
 
 def read_file(
-    path: Path, tenant: str, domain: str | None, *, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+    path: Path,
+    tenant: str,
+    domain: str | None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    tenant_column: bool = False,
 ) -> Iterator[SourceText]:
     """The documents of one file: a text file is one; a Parquet file's `text` column gives one per row."""
     if is_parquet(path):
-        return read_parquet(path, tenant, domain, max_bytes=max_bytes)
+        return read_parquet(path, tenant, domain, max_bytes=max_bytes, tenant_column=tenant_column)
     return iter(read_text_file(path, tenant, domain, max_bytes=max_bytes))
 
 
 def iter_documents(
-    files: Iterable[Path], tenant: str, domain: str | None, *, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+    files: Iterable[Path],
+    tenant: str,
+    domain: str | None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    tenant_column: bool = False,
 ) -> Iterator[SourceText]:
     """Every document of `files` (found by `find_files`), one file at a time."""
     for path in files:
-        yield from read_file(path, tenant, domain, max_bytes=max_bytes)
+        yield from read_file(path, tenant, domain, max_bytes=max_bytes, tenant_column=tenant_column)
 
 
 def read_text_file(
@@ -183,10 +193,17 @@ def read_text_file(
 
 
 def read_parquet(
-    path: Path, tenant: str, domain: str | None, *, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+    path: Path,
+    tenant: str,
+    domain: str | None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    tenant_column: bool = False,
 ) -> Iterator[SourceText]:
-    """Rows of a Parquet file, a batch at a time: a `text` column; optional `source`, `domain`, `tenant` columns
-    override defaults. A cell of text over `max_bytes` characters is refused like a file that size."""
+    """Rows of a Parquet file, a batch at a time: a `text` column; optional `source` and `domain` columns override
+    the defaults. A `tenant` column naming another tenant than `tenant` is refused (BadInputFile naming the row)
+    unless `tenant_column`: then each row is stored for its column's tenant (an empty cell: for `tenant`).
+    A cell of text over `max_bytes` characters is refused like a file that size."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -214,14 +231,21 @@ def read_parquet(
                 return
             columns = {n: batch.column(n).to_pylist() for n in wanted}
             for j in range(batch.num_rows):
-                row = _parquet_row(path, i, {n: columns[n][j] for n in wanted}, tenant, domain, max_bytes)
+                cells = {n: columns[n][j] for n in wanted}
+                row = _parquet_row(path, i, cells, tenant, domain, max_bytes, tenant_column)
                 if row is not None:
                     yield row
                 i += 1
 
 
 def _parquet_row(
-    path: Path, i: int, cells: dict[str, Any], tenant: str, domain: str | None, max_bytes: int | None
+    path: Path,
+    i: int,
+    cells: dict[str, Any],
+    tenant: str,
+    domain: str | None,
+    max_bytes: int | None,
+    tenant_column: bool,
 ) -> SourceText | None:
     if not cells["text"]:
         return None
@@ -233,18 +257,28 @@ def _parquet_row(
     if not is_tenant_name(row_tenant):
         details = {"file": str(path), "column": "tenant", "row": i}
         raise BadInputFile(f"{path}: row {i}: invalid tenant {row_tenant!r} in column 'tenant'", details=details)
+    if row_tenant != tenant and not tenant_column:
+        details = {"file": str(path), "column": "tenant", "row": i, "tenant": row_tenant}
+        why = (f"row {i}: column 'tenant' says {row_tenant!r}, not {tenant!r}, the tenant this ingest is for; to "
+               "store each row for the tenant its column names, ask for it (--tenant-column)")  # fmt: skip
+        raise BadInputFile(f"{path}: {why}", details=details)
     source = cells.get("source") or f"{path}#{i}"
     return SourceText(row_tenant, str(source), text, cells.get("domain") or domain)
 
 
 def check_readable(
-    files: Sequence[Path], tenant: str = PUBLIC, *, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+    files: Sequence[Path],
+    tenant: str = PUBLIC,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    tenant_column: bool = False,
 ) -> Counter[str]:
     """Fail before any work starts: every file is read through as it will be for ingesting (an unreadable or
-    refused file, a Parquet file without a `text` column or with an invalid name in its `tenant` column), one
-    at a time and nothing kept. Returns the documents per tenant they would be stored for."""
+    refused file, a Parquet file without a `text` column, or whose `tenant` column holds an invalid name or,
+    without `tenant_column`, another tenant), one at a time and nothing kept. Returns the documents per tenant
+    they would be stored for."""
     tenants: Counter[str] = Counter()
-    for doc in iter_documents(files, tenant, None, max_bytes=max_bytes):
+    for doc in iter_documents(files, tenant, None, max_bytes=max_bytes, tenant_column=tenant_column):
         tenants[doc.tenant] += 1
     return tenants
 
@@ -256,16 +290,17 @@ def document_batches(
     domain: str | None = None,
     max_bytes: int = 48_000,
     max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    tenant_column: bool = False,
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """The files' documents as (tenant, documents) batches for POST /v1/documents, each under `max_bytes` of
     text (the server refuses larger bodies). Every file is read and checked first, as an ingest does; a text
     longer than `max_bytes` is sent as consecutive whole-sentence pieces of the same source."""
     check_tenant(tenant)
     files = find_files(paths, max_bytes=max_file_bytes)
-    check_readable(files, tenant, max_bytes=max_file_bytes)
+    check_readable(files, tenant, max_bytes=max_file_bytes, tenant_column=tenant_column)
     batch: list[dict[str, Any]] = []
     size, current = 0, tenant
-    for row in iter_documents(files, tenant, domain, max_bytes=max_file_bytes):
+    for row in iter_documents(files, tenant, domain, max_bytes=max_file_bytes, tenant_column=tenant_column):
         pieces = [row.text] if len(row.text.encode()) <= max_bytes else chunk_text(row.text, max_bytes // 4)
         for piece in pieces:  # a piece of max_bytes // 4 characters is at most max_bytes in UTF-8
             doc = {"text": piece, "source": row.source, **({"domain": row.domain} if row.domain else {})}
