@@ -115,3 +115,10 @@ class StoreBusy(CouncilError):
 
     status = 409
     type = "store_busy"
+
+
+class OutputBusy(CouncilError):
+    """A job's output folder is being written by another run (one run per folder); names that run."""
+
+    status = 409
+    type = "output_busy"
