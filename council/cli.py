@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -172,12 +173,31 @@ def status(url: URL = "http://127.0.0.1:8000") -> None:
     console.print(f"  models: {', '.join(models)}", highlight=False)
 
 
+@dataclass(frozen=True)
+class _Ingest:
+    """What `council ingest` stores: the files found, for whom, and how they are read."""
+
+    files: list[Path]
+    tenant: str
+    domain: str | None
+    tenant_column: bool
+    max_file_bytes: int
+
+
 @app.command()
 @friendly
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help=f"Files or folders of {KINDS} files.")],
     tenant: Annotated[str, typer.Option(help="The tenant that owns these documents.")] = "public",
     domain: Annotated[str | None, typer.Option(help="Domain tag stored with each chunk.")] = None,
+    tenant_column: Annotated[
+        bool,
+        typer.Option(
+            "--tenant-column",
+            help="Store each Parquet row for the tenant its `tenant` column names (an empty cell: --tenant). "
+            "Without it, a column naming another tenant than --tenant is refused before anything is stored.",
+        ),
+    ] = False,
     config: CONFIG = None,
     url: Annotated[
         str | None,
@@ -194,60 +214,70 @@ def ingest(
 ) -> None:
     """Chunk, embed and store documents for a tenant (idempotent: re-ingesting adds nothing).
 
-    An embedded store belongs to one process: while `council serve` (or `serve run`) holds it, the documents
-    go through that server; any other holder is named in the error.
+    Every file is read through and checked before anything is stored. An embedded store belongs to one
+    process: while `council serve` (or `serve run`) holds it, the documents go through that server; any other
+    holder is named in the error.
     """
-    files = find_files(paths)
+    from council.backends.files import check_readable
+
+    retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
+    files = find_files(paths, max_bytes=retrieval.max_file_bytes)
     if not files:
         raise CouncilError(f"no {KINDS} files under {', '.join(map(str, paths))}")
-    retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
+    job = _Ingest(files, tenant, domain, tenant_column, retrieval.max_file_bytes)
+    check_readable(files, tenant, max_bytes=job.max_file_bytes, tenant_column=tenant_column)
     if url is not None:
-        _ingest_served(url, files, tenant=tenant, domain=domain, store=None)
+        _ingest_served(url, job, store=None)
         return
     from council.backends.store_lock import SERVER_ROLE
     from council.errors import StoreBusy
 
     try:
-        _ingest_here(retrieval, files, tenant=tenant, domain=domain)
+        _ingest_here(retrieval, job)
     except StoreBusy as busy:
         holders: Any = busy.details.get("holders") or []
         if not any(str(h.get("role", "")).startswith(SERVER_ROLE) for h in holders):
             raise
         err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {server_url}[/]")
-        _ingest_served(server_url, files, tenant=tenant, domain=domain, store=retrieval.path)
+        _ingest_served(server_url, job, store=retrieval.path)
 
 
-def _ingest_here(retrieval: Any, files: list[Path], *, tenant: str, domain: str | None) -> None:
+def _for_tenants(job: _Ingest, counts: dict[str, int], unit: str) -> str:
+    """"tenant 'acme'" when every document went to --tenant, else each tenant with its count."""
+    if set(counts) <= {job.tenant}:
+        return f"tenant {job.tenant!r}"
+    return "tenants " + ", ".join(f"{t!r} ({n} {unit})" for t, n in sorted(counts.items()))
+
+
+def _ingest_here(retrieval: Any, job: _Ingest) -> None:
     """Open the store in this process (locking an embedded folder) and ingest file by file."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from council.backends.chroma import ChromaRetriever
+    from council.backends.chroma import ChromaRetriever, IngestReport
 
-    added = skipped = 0
+    done, by_column = IngestReport(), job.tenant_column
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with console.status("opening the store and loading the embedder"):
         retriever = ChromaRetriever(retrieval, role="council ingest")  # an embedded folder: locked, or StoreBusy
     try:
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("ingesting", total=len(files))
-            for f in files:
+            task = bar.add_task("ingesting", total=len(job.files))
+            for f in job.files:
                 bar.update(task, description=f"ingesting {f.name}")
-                report = retriever.ingest_paths([f], tenant=tenant, domain=domain)
-                added += report.added
-                skipped += report.skipped
+                done += retriever.ingest_paths([f], tenant=job.tenant, domain=job.domain, tenant_column=by_column)
                 bar.advance(task)
         total = retriever.count()
     finally:
         retriever.close()
     where = f"{retrieval.host}:{retrieval.port}" if retrieval.host else retrieval.path
     console.print(
-        f"[green]ingested[/] {len(files)} files for tenant {tenant!r}: {added} chunks added, "
-        f"{skipped} already there → {where} ({total} chunks in all)",
+        f"[green]ingested[/] {len(job.files)} files for {_for_tenants(job, done.tenants, 'chunks')}: "
+        f"{done.added} chunks added, {done.skipped} already there → {where} ({total} chunks in all)",
         highlight=False,
     )
 
 
-def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | None, store: str | None) -> None:
+def _ingest_served(url: str, job: _Ingest, *, store: str | None) -> None:
     """Send the files' documents to a running council (POST /v1/documents), in requests under its body limit.
 
     With `store`, the server must say it serves that embedded folder (GET /v1/status) before anything is sent.
@@ -265,15 +295,18 @@ def _ingest_served(url: str, files: list[Path], *, tenant: str, domain: str | No
                 )
         totals = {"added": 0, "skipped": 0, "chunks": 0}
         per_tenant: dict[str, int] = {}
-        for row_tenant, batch in document_batches(files, tenant=tenant, domain=domain):
+        batches = document_batches(
+            job.files, tenant=job.tenant, domain=job.domain, max_file_bytes=job.max_file_bytes,
+            tenant_column=job.tenant_column,
+        )  # fmt: skip
+        for row_tenant, batch in batches:
             report = client.ingest(batch, tenant=row_tenant)
             per_tenant[row_tenant] = per_tenant.get(row_tenant, 0) + len(batch)
             totals = {k: totals[k] + int(report.get(k, 0)) for k in totals}
         total = client.status().get("chunks")
-    tenants = ", ".join(f"{t!r} ({n} documents)" for t, n in sorted(per_tenant.items()))
     console.print(
-        f"[green]ingested[/] {len(files)} files through {url} for {tenants}: {totals['added']} chunks added, "
-        f"{totals['skipped']} already there ({total} chunks in all)",
+        f"[green]ingested[/] {len(job.files)} files through {url} for {_for_tenants(job, per_tenant, 'documents')}: "
+        f"{totals['added']} chunks added, {totals['skipped']} already there ({total} chunks in all)",
         highlight=False,
     )
 

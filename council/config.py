@@ -184,6 +184,18 @@ class RetrievalConfig(_Model):
     tenants: list[str] | None = Field(
         None, description="Allowed tenants; when unset, a tenant is known once it has ingested documents."
     )
+    max_file_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1,
+        description="Ingest refuses a file larger than this (and a Parquet text cell longer), naming the file and "
+        "the limit.",
+    )
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A question's retrieval (stored and ephemeral documents) slower than this fails the request "
+        "with 504 retrieval_timeout instead of holding it.",
+    )
     num_cpus: float = Field(0.2, ge=0, description="CPUs for the retrieval replica.")
 
     @field_validator("path")

@@ -96,6 +96,13 @@ class RateLimited(Overloaded):
     type = "rate_limited"
 
 
+class RetrievalTimeout(CouncilError):
+    """The document store did not answer within retrieval.timeout_s; the request is given up, not held."""
+
+    status = 504
+    type = "retrieval_timeout"
+
+
 class Unreachable(CouncilError):
     """The council could not be reached at all (connection refused, DNS, no such Serve app)."""
 
@@ -122,3 +129,10 @@ class StoreBusy(CouncilError):
 
     status = 409
     type = "store_busy"
+
+
+class OutputBusy(CouncilError):
+    """A job's output folder is being written by another run (one run per folder); names that run."""
+
+    status = 409
+    type = "output_busy"

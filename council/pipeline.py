@@ -16,7 +16,7 @@ from council import routing
 from council.agreement import is_unknown, route_weight
 from council.batching import embed_async
 from council.config import CouncilConfig
-from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
+from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout
 from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
 from council.retrieval import check_tenant
 from council.types import (
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 4000
 MAX_DOCUMENTS = 32
 MAX_DOCUMENT_CHARS = 20000
+# All of a request's documents together: each is chunked and embedded on the one retrieval replica.
+MAX_DOCUMENTS_TOTAL_CHARS = 64000
 # A chat request's messages before its question (system messages, earlier turns).
 MAX_HISTORY_MESSAGES = 64
 MAX_HISTORY_CHARS = 16000
@@ -83,6 +85,11 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
     for i, doc in enumerate(req.documents):
         if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
             raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
+    total = sum(len(doc.text) for doc in req.documents)
+    if total > MAX_DOCUMENTS_TOTAL_CHARS:
+        raise InvalidRequest(
+            f"documents hold {total} characters in all; the limit is {MAX_DOCUMENTS_TOTAL_CHARS} per request"
+        )
     if req.specialists is not None and len(req.specialists) > n:
         raise InvalidRequest(f"specialists: {len(req.specialists)} named; the council has {n}")
     asked = len(set(req.specialists)) if req.specialists else min(req.k or config.router.k, n)
@@ -321,13 +328,20 @@ class Council:
     async def _retrieve(self, req: AskRequest, q_vec: np.ndarray) -> list[Chunk]:
         if not req.use_retrieval or self.retriever is None:
             return []
-        return await self.retriever.retrieve(
-            req.question,
-            tenant=req.tenant,
-            top_n=self.config.retrieval.top_n,
-            query_embedding=[float(x) for x in q_vec],
-            documents=req.documents,
-        )
+        limit = self.config.retrieval.timeout_s
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                return await self.retriever.retrieve(
+                    req.question,
+                    tenant=req.tenant,
+                    top_n=self.config.retrieval.top_n,
+                    query_embedding=[float(x) for x in q_vec],
+                    documents=req.documents,
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise RetrievalTimeout(f"retrieval did not answer within {limit:g}s (retrieval.timeout_s)") from None
 
     async def _fan_out(
         self,

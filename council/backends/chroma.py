@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from council import retrieval
-from council.backends.files import SourceText, read_files
+from council.backends.files import SourceText, check_readable, find_files, iter_documents
 from council.backends.store_lock import StoreLock
 from council.config import RetrievalConfig
 from council.errors import InvalidRequest, UnknownTenant
@@ -32,14 +33,17 @@ _LEXICAL_PROBES = 6  # question words searched for verbatim (Chroma's $contains 
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What an ingest did: chunks produced, of which `added` were new and `skipped` already stored."""
+    """What an ingest did: chunks produced, of which `added` were new and `skipped` already stored; `tenants`:
+    the chunks produced for each tenant (informative: reports compare by the three counts)."""
 
     added: int = 0
     skipped: int = 0
     chunks: int = 0
+    tenants: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __add__(self, other: IngestReport) -> IngestReport:
-        return IngestReport(self.added + other.added, self.skipped + other.skipped, self.chunks + other.chunks)
+        tenants = dict(Counter(self.tenants) + Counter(other.tenants))
+        return IngestReport(self.added + other.added, self.skipped + other.skipped, self.chunks + other.chunks, tenants)
 
 
 class ChromaRetriever:
@@ -85,37 +89,52 @@ class ChromaRetriever:
         self._require_allowed(check_tenant(tenant))
         return self._ingest_rows([SourceText(tenant=tenant, source=s, text=t, domain=domain) for s, t in docs])
 
-    def ingest_paths(self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None) -> IngestReport:
-        """Ingest .txt/.md files, Parquet files and folders of them (recursive).
+    def ingest_paths(
+        self, paths: Iterable[str | Path], *, tenant: str, domain: str | None = None, tenant_column: bool = False
+    ) -> IngestReport:
+        """Ingest .txt/.md files, Parquet files and folders of them (recursive; `find_files` says what is read).
 
         Every file is read and checked before anything is written, so a bad file (BadInputFile naming the
-        file and column) leaves the store as it was. A Parquet `tenant` column overrides `tenant` per row.
+        file and column) leaves the store as it was; then the files are read again, one at a time, and written
+        as they are read. A Parquet `tenant` column that names another tenant is refused, unless
+        `tenant_column`: then it says each row's tenant. The report counts the chunks of each tenant.
         """
         self._require_allowed(check_tenant(tenant))
-        rows = read_files(paths, tenant, domain)
-        for t in sorted({r.tenant for r in rows}):
+        limit = self.config.max_file_bytes
+        files = find_files(paths, max_bytes=limit)
+        for t in sorted(check_readable(files, tenant, max_bytes=limit, tenant_column=tenant_column)):
             self._require_allowed(t)
-        return self._ingest_rows(rows)
+        return self._ingest_rows(iter_documents(files, tenant, domain, max_bytes=limit, tenant_column=tenant_column))
 
-    def _ingest_rows(self, rows: Sequence[SourceText]) -> IngestReport:
+    def _ingest_rows(self, rows: Iterable[SourceText]) -> IngestReport:
+        """Chunk and store `rows` as they come, a write batch at a time (never the whole corpus in memory)."""
         records: dict[str, tuple[str, dict[str, Any]]] = {}
-        total = 0
+        total = added = 0
+        tenants: Counter[str] = Counter()
         opts = self.config.chunking
         for row in rows:
             for index, text in enumerate(chunk_text(row.text, opts.max_chars, opts.overlap_sentences)):
                 total += 1
+                tenants[row.tenant] += 1
                 meta: dict[str, Any] = {"source": row.source, "tenant": row.tenant, "chunk": index}
                 if row.domain:
                     meta["domain"] = row.domain
                 records.setdefault(chunk_id(row.tenant, text), (text, meta))
-        ids = list(records)
-        added = 0
-        with self._write_lock:
-            for start in range(0, len(ids), _WRITE_BATCH):
-                added += self._add_new(ids[start : start + _WRITE_BATCH], records)
-        self._tenants_seen.update(meta["tenant"] for _, meta in records.values())
+                if len(records) >= _WRITE_BATCH:
+                    added += self._write(records)
+                    records = {}
+        added += self._write(records)
         log.info("ingested %d chunks: %d new, %d already stored", total, added, total - added)
-        return IngestReport(added=added, skipped=total - added, chunks=total)
+        return IngestReport(added=added, skipped=total - added, chunks=total, tenants=dict(tenants))
+
+    def _write(self, records: dict[str, tuple[str, dict[str, Any]]]) -> int:
+        """Store the records the store lacks; how many that was."""
+        if not records:
+            return 0
+        with self._write_lock:
+            added = self._add_new(list(records), records)
+        self._tenants_seen.update(meta["tenant"] for _, meta in records.values())
+        return added
 
     def stored_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` (chunk ids, see `council.retrieval.chunk_id`) the store already holds."""

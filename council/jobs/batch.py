@@ -11,6 +11,11 @@ same output folder reads the ids of the parts already there and asks only the re
 job loses at most the batches in flight and never writes an id twice. One writer (the driver) also means
 that nothing writes after a stopped job's driver is gone, and the output folder need only be visible to
 the driver, not to every node.
+
+A question whose answer is an error is written too (its `error` column says why), but it is not done: a rerun
+takes those rows out of their parts and asks them again (unless `--no-retry-errors`), and a run whose output
+holds more than `--max-error-rate` errors exits 1. The driver holds the output folder's lock
+(`council.jobs.output_lock`) for the whole run: a second run on the same folder is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -44,7 +49,17 @@ from council.jobs._common import (
     setup_logging,
     write_parquet_atomic,
 )
-from council.jobs.batch_files import OUTPUT_SCHEMA, Questions, answer_row, answered_ids, inspect_input, shard_id
+from council.jobs.batch_files import (
+    OUTPUT_SCHEMA,
+    Questions,
+    answer_row,
+    answered_ids,
+    errored_ids,
+    inspect_input,
+    shard_id,
+    take_back_errors,
+)
+from council.jobs.output_lock import OutputLock
 from council.serving.ray_errors import transient
 
 log = logging.getLogger("council.jobs.batch")
@@ -143,6 +158,8 @@ class Answerer:
 
 
 DEFAULT_APP = "council"  # the app name clusters/local.yaml and `council serve` deploy
+# Above this share of errors among the input's answers the job fails (exit 1): an error is never taken for done.
+DEFAULT_MAX_ERROR_RATE = 0.05
 
 
 def _choose_backend(args: argparse.Namespace, config: Any) -> tuple[str | None, dict[str, Any] | None]:
@@ -234,11 +251,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (with --config on a GPU cluster).")
     p.add_argument("--timeout-s", type=float, default=300.0, help="Longest wait for one answer.")
     p.add_argument("--retries", type=int, default=3, help="Retries of a question the council was too busy for.")
+    p.add_argument("--retry-errors", action=argparse.BooleanOptionalAction, default=True,
+                   help="On a rerun, ask again the questions whose answer is an error in OUTPUT (default); with "
+                   "--no-retry-errors they are kept as they are.")
+    p.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
+                   help="Exit 1 when more than this fraction of the input's rows in OUTPUT are errors "
+                   f"(default {DEFAULT_MAX_ERROR_RATE:g}; 0: any error fails the job). The rows are written "
+                   "either way, and a rerun asks them again.")
     add_common_args(p)
     args = p.parse_args(argv)
     for name in ("batch_size", "concurrency", "retries"):
         if getattr(args, name) < (0 if name == "retries" else 1):
             p.error(f"--{name.replace('_', '-')} is out of range")
+    if not 0 <= args.max_error_rate <= 1:
+        p.error("--max-error-rate must be between 0 and 1")
     return args
 
 
@@ -252,18 +278,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise bad_file(out, "the output must be a folder")
-    done = set(answered_ids(out)) if out.exists() else set()
+    out.mkdir(parents=True, exist_ok=True)
+    # One run per output folder: a second one is refused, naming this one, before it reads or deletes anything.
+    with OutputLock(out, role="python -m council.jobs.batch"):
+        return _run(args, questions, config, out)
+
+
+def _run(args: argparse.Namespace, questions: Questions, config: Any, out: Path) -> int:
+    """Answer the questions not yet answered in `out` (the caller holds its lock)."""
+    remove_stale_temps(out)  # only a crashed run's: no other run writes here while we hold the lock
     input_ids = set(questions.ids.to_pylist())
+    retried = take_back_errors(out, input_ids) if args.retry_errors else 0
+    done = set(answered_ids(out))
     already = len(input_ids & done)
     pending = len(input_ids) - already
     log.info("%d question(s) in %s: %d already answered in %s, %d to answer",
              len(input_ids), args.input, already, out, pending)
+    if retried:
+        log.info("%d of them are asked again: their answer in %s was an error", retried, out)
     if pending == 0:
-        return EXIT_OK
+        return _verify(out, input_ids, 0, 0.0, args.max_error_rate)
     connect_ray(args.address)
     app, council_config = _choose_backend(args, config)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
     written, errors, t0 = 0, 0, time.perf_counter()
     first: tuple[float, int] | None = None  # (time, rows) of the first part: the rate after start-up
     for block in answered_blocks(args, questions, done & input_ids, app, council_config):
@@ -280,23 +316,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             steady = (written - first[1]) / max(time.perf_counter() - first[0], 1e-9)
             log.info("progress: %d/%d answered this run (%d with errors); %.2f questions/s since the first part",
                      written, pending, errors, steady)
-    return _verify(out, input_ids, written, time.perf_counter() - t0)
+    return _verify(out, input_ids, written, time.perf_counter() - t0, args.max_error_rate)
 
 
-def _verify(out: Path, input_ids: set[str], written: int, elapsed: float) -> int:
-    """Check exactly-once over the whole output folder and log the summary."""
+def _verify(out: Path, input_ids: set[str], written: int, elapsed: float, max_error_rate: float) -> int:
+    """Check exactly-once over the whole output folder and the share of errors in it; log the summary."""
     ids = answered_ids(out)
     present = set(ids)
     repeated = len(ids) - len(present)
     missing = len(input_ids - present)
+    errored = len(errored_ids(out) & input_ids)
     log.info(
         "done: %d answered this run in %.1fs (%.2f questions/s with start-up); %d/%d ids present in %s, "
-        "%d missing, %d repeated",
+        "%d missing, %d repeated, %d errors",
         written, elapsed, written / max(elapsed, 1e-9), len(input_ids & present), len(input_ids), out, missing,
-        repeated,
+        repeated, errored,
     )
     if repeated or missing:
         log.error("the output is not exactly-once: %d id(s) missing, %d repeated", missing, repeated)
+        return EXIT_FAILED
+    rate = errored / max(len(input_ids), 1)
+    if rate > max_error_rate:
+        log.error("%d of %d answers in %s are errors (%.1f%%, over --max-error-rate %g): rerun with the same "
+                  "--output to ask them again", errored, len(input_ids), out, 100 * rate, max_error_rate)
         return EXIT_FAILED
     return EXIT_OK
 

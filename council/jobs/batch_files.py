@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from council.jobs._common import bad_file
+from council.backends.files import PARQUET_SUFFIXES, find_files
+from council.jobs._common import bad_file, write_parquet_atomic
 
 REQUIRED_COLUMNS = ("id", "question")
 OPTIONAL_COLUMNS = ("tenant", "k")
@@ -96,9 +97,8 @@ def inspect_input(path: str | Path) -> Questions:
     a missing or mistyped column, a null or repeated id.
     """
     root = Path(path)
-    if not root.exists():
-        raise bad_file(root, "no such file or folder")
-    files = sorted(str(f) for f in root.rglob("*.parquet")) if root.is_dir() else [str(root)]
+    # The ingest's own discovery: regular files only, never through a link, each under the given folder.
+    files = [str(f) for f in find_files([root], suffixes=PARQUET_SUFFIXES, kinds="Parquet", max_bytes=None)]
     if not files:
         raise bad_file(root, "the folder holds no .parquet files")
     id_chunks: list[pa.ChunkedArray] = []
@@ -138,6 +138,47 @@ def answered_ids(out: Path) -> list[str]:
         except (OSError, pa.ArrowException) as e:
             raise bad_file(part, f"is not a readable answers part ({e}); move it away to recompute its rows") from None
     return ids
+
+
+def errored_ids(out: Path) -> set[str]:
+    """The ids whose row in a finished part under `out` records an error instead of an answer."""
+    errored: set[str] = set()
+    for part in sorted(out.glob(PART_GLOB)):
+        table = _read_part(part, ["id", "error"])
+        errored.update(table.filter(pc.is_valid(table["error"]))["id"].to_pylist())
+    return errored
+
+
+def take_back_errors(out: Path, ids: set[str]) -> int:
+    """Remove from the finished parts under `out` the rows of `ids` that record an error, so that a resumed run
+    asks those questions again; returns how many rows were taken back.
+
+    Each part is rewritten in place, atomically (`write_parquet_atomic`), or deleted when nothing is left in it:
+    a crash leaves every part as it was or without its errored rows, so no id is ever in the output twice (a row
+    taken back and not yet answered again is asked by the next run, like any missing id).
+    """
+    taken = 0
+    wanted = pa.array(sorted(ids), type=pa.string())
+    for part in sorted(out.glob(PART_GLOB)):
+        table = _read_part(part, None)
+        drop = pc.and_(pc.is_valid(table["error"]), pc.is_in(table["id"], value_set=wanted))
+        n = pc.sum(drop.cast(pa.int64())).as_py() or 0
+        if not n:
+            continue
+        keep = table.filter(pc.invert(drop))
+        if keep.num_rows:
+            write_parquet_atomic(keep, part)
+        else:
+            part.unlink()
+        taken += n
+    return taken
+
+
+def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        return pq.read_table(part, columns=columns, schema=OUTPUT_SCHEMA)
+    except (OSError, pa.ArrowException) as e:
+        raise bad_file(part, f"is not a readable answers part ({e}); move it away to recompute its rows") from None
 
 
 def shard_id(ids: Sequence[str]) -> str:

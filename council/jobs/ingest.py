@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,14 @@ from council.jobs._common import EXIT_OK, add_common_args, bad_file, connect_ray
 
 log = logging.getLogger("council.jobs.ingest")
 
-def file_chunks(item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int) -> Iterator[dict[str, Any]]:
+def file_chunks(
+    item: dict[str, Any], *, tenant: str, max_chars: int, overlap: int, max_bytes: int, tenant_column: bool
+) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: one file -> its chunks as rows {id, text}, cut by the retriever's own chunker."""
     from council.backends.files import read_file
     from council.retrieval import chunk_id, chunk_text
 
-    for doc in read_file(Path(item["path"]), tenant, None):
+    for doc in read_file(Path(item["path"]), tenant, None, max_bytes=max_bytes, tenant_column=tenant_column):
         for chunk in chunk_text(doc.text, max_chars, overlap):
             yield {"id": chunk_id(doc.tenant, chunk), "text": chunk}
 
@@ -106,8 +108,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "chunks are addressed by their content, so ingesting the same files again adds nothing.",
     )
     p.add_argument("paths", nargs="+", help="Files or folders: .txt/.md, or .parquet with a `text` column "
-                   "(optional `tenant` column overrides --tenant per row).")
+                   "(and an optional `tenant` column: see --tenant-column).")
     p.add_argument("--tenant", required=True, help="The tenant that owns these documents.")
+    p.add_argument("--tenant-column", action="store_true", help="Store each Parquet row for the tenant its "
+                   "`tenant` column names (an empty cell: --tenant). Without it, a column naming another tenant "
+                   "is refused before anything is stored.")
     p.add_argument("--domain", default=None, help="Domain tag stored with each chunk.")
     p.add_argument("--config", default=None, help="Council YAML whose `retrieval` section names the store.")
     p.add_argument("--chroma-host", default=None, help="Chroma server host (overrides the config).")
@@ -133,12 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     check_tenant(args.tenant)
     retrieval = retrieval_config(args)
-    files = find_files(args.paths)
+    files = find_files(args.paths, max_bytes=retrieval.max_file_bytes)
     if not files:
         raise bad_file(", ".join(map(str, args.paths)), f"no {KINDS} files there")
-    check_readable(files)
+    tenants = check_readable(files, args.tenant, max_bytes=retrieval.max_file_bytes, tenant_column=args.tenant_column)
     where = f"Chroma server {retrieval.host}:{retrieval.port}" if retrieval.host else f"Chroma folder {retrieval.path}"
-    log.info("ingesting %d file(s) for tenant %r into %s", len(files), args.tenant, where)
+    log.info("ingesting %d file(s) for %s into %s", len(files), _for_tenants(args.tenant, tenants), where)
     connect_ray(args.address)
     t0 = time.perf_counter()
     chunks = _chunk(files, args, retrieval)
@@ -151,14 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(chunks), len(files), len(stored), len(todo))
     embedder.vectors = _embed(todo, args, retrieval)
     pooled = len(embedder.vectors)
-    report = retriever.ingest_paths(files, tenant=args.tenant, domain=args.domain)
+    report = retriever.ingest_paths(files, tenant=args.tenant, domain=args.domain, tenant_column=args.tenant_column)
     elapsed = time.perf_counter() - t0
     log.info(
-        "done in %.1fs: %d chunk(s), %d added, %d already stored; %d embedded by the pool, %d here; %d in the store",
-        elapsed, report.chunks, report.added, report.skipped, pooled, embedder.misses, retriever.count(),
+        "done in %.1fs: %d chunk(s) for %s, %d added, %d already stored; %d embedded by the pool, %d here; "
+        "%d in the store",
+        elapsed, report.chunks, _for_tenants(args.tenant, report.tenants), report.added, report.skipped, pooled,
+        embedder.misses, retriever.count(),
     )
     retriever.close()
     return EXIT_OK
+
+
+def _for_tenants(tenant: str, counts: Mapping[str, int]) -> str:
+    """"tenant 'acme'" when everything is for --tenant, else every tenant with its count."""
+    if set(counts) <= {tenant}:
+        return f"tenant {tenant!r}"
+    return "tenants " + ", ".join(f"{t!r} ({n})" for t, n in sorted(counts.items()))
 
 
 def _chunk(files: Sequence[Path], args: argparse.Namespace, retrieval: RetrievalConfig) -> dict[str, str]:
@@ -170,6 +184,8 @@ def _chunk(files: Sequence[Path], args: argparse.Namespace, retrieval: Retrieval
         tenant=args.tenant,
         max_chars=retrieval.chunking.max_chars,
         overlap=retrieval.chunking.overlap_sentences,
+        max_bytes=retrieval.max_file_bytes,
+        tenant_column=args.tenant_column,
     )
     ds = ray.data.from_items([{"path": str(f.resolve())} for f in files]).flat_map(chunker, num_cpus=0.25)
     return {row["id"]: row["text"] for row in ds.iter_rows()}

@@ -74,7 +74,8 @@ def stored_ids(config_path: Path) -> list[str]:
 
 
 def ingest_twice(head: RayHead, docs: Path, config: Path) -> tuple[list[str], list[str], str]:
-    cmd = f"python -m council.jobs.ingest {docs} --tenant acme --config {config} --num-cpus 0.25 --concurrency 1"
+    cmd = (f"python -m council.jobs.ingest {docs} --tenant acme --tenant-column --config {config} --num-cpus 0.25 "
+           "--concurrency 1")
     logs = []
     for _ in range(2):
         client, job = head.submit(cmd, RUNTIME_ENV)

@@ -155,7 +155,9 @@ def test_parquet_ingest_and_its_errors(store: ChromaRetriever, tmp_path: Path) -
         "tenant": [None, "beta", None],
     }
     pq.write_table(pa.table(table), good)
-    assert store.ingest_paths([good], tenant="acme") == IngestReport(added=2, skipped=0, chunks=2)
+    # The column names another tenant for row 1: stored for it only when asked (--tenant-column).
+    report = store.ingest_paths([good], tenant="acme", tenant_column=True)
+    assert report == IngestReport(added=2, skipped=0, chunks=2) and report.tenants == {"acme": 1, "beta": 1}
     [river] = store.query("river Varn", tenant="acme", top_n=5)
     assert (river.source, river.domain) == ("r.txt", "geo")
     [harbour] = store.query("harbour", tenant="beta", top_n=5)
