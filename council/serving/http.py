@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +41,8 @@ from council.serving.schemas import (
     event_body,
     parse,
 )
+from council.serving.sse import Events, Trimmed, opened, sse
+from council.serving.sse import finite as _finite
 from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,8 @@ async def ask(request: Request, payload: JsonBody) -> Response:
     body: AskBody = parse(AskBody, payload)
     ask = body.to_request(body.question, tenant=_grant(request).tenant_for(body.tenant, "read"))
     if body.stream:
-        events = await _opened(_ingress(request).deliberate(ask, tokens=False))
-        return _sse(_council_events(request, events))
+        events = await opened(_ingress(request).deliberate(ask, tokens=False))
+        return sse(_council_events(request, events))
     answer = await _answer(request, ask)
     return JSONResponse(_finite(answer.to_dict()))
 
@@ -187,8 +189,8 @@ async def chat(request: Request, payload: JsonBody) -> Response:
     completion = Completion(body.model)
     if body.stream:
         # Tokens stream only from a specialist asked alone; the council streams each member's answer as it lands.
-        events = await _opened(_ingress(request).deliberate(ask, tokens=alone))
-        return _sse(_chat_events(request, completion, events, alone))
+        events = await opened(_ingress(request).deliberate(ask, tokens=alone))
+        return sse(_chat_events(request, completion, events, alone))
     answer = await _answer(request, ask)
     content, finish = _content(answer, alone)
     return JSONResponse(completion.message(answer, content, _finite(answer.to_dict()), finish).model_dump())
@@ -217,35 +219,6 @@ def _content(answer: CouncilAnswer, alone: bool) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- streams
 
-Events = AsyncGenerator[Event, None]
-
-
-async def _opened(events: Events) -> Events:
-    """The deliberation, started: its first event (the route) is awaited here, before the response begins, so
-    that a bad request is still a 4xx/503 with its status rather than an error inside a 200 stream."""
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:  # pragma: no cover - a deliberation always ends with its answer
-        raise CouncilError("the deliberation ended before it began") from None
-
-    async def resumed() -> Events:
-        try:
-            yield first
-            async for event in events:
-                yield event
-        finally:
-            await events.aclose()  # the client went away: the members' requests are cancelled
-
-    return resumed()
-
-
-def _sse(lines: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def encoded() -> AsyncIterator[str]:
-        async for body in lines:
-            yield f"data: {json.dumps(_finite(body))}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(encoded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _council_events(request: Request, events: Events) -> AsyncIterator[dict[str, Any]]:
@@ -265,7 +238,7 @@ async def _chat_events(
     """The chat stream: the role (with the route), then a specialist's tokens as its engine produces them, or the
     council's members as each answers and then the council's answer; a last chunk with finish_reason, usage and
     the report. An error after the stream began is an OpenAI error event (the openai client raises it)."""
-    text = _Trimmed()
+    text = Trimmed()
     try:
         async for event in events:
             if isinstance(event, RouteDecision):
@@ -287,24 +260,6 @@ async def _chat_events(
         yield _stream_error(request, e)
 
 
-class _Trimmed:
-    """Pieces of a member's raw text, passed on so that together they are its stripped answer: leading
-    whitespace dropped, trailing whitespace held back until more text follows it."""
-
-    def __init__(self) -> None:
-        self.sent = ""
-        self._held = ""
-
-    def feed(self, piece: str) -> str:
-        text = self._held + piece
-        if not self.sent:
-            text = text.lstrip()
-        body = text.rstrip()
-        self._held = text[len(body) :]
-        self.sent += body
-        return body
-
-
 def _stream_error(request: Request, error: Exception) -> dict[str, Any]:
     """An error after the stream's 200 went out, as OpenAI streams one: {"error": {type, message}}."""
     council_error = error if isinstance(error, CouncilError) else ray_errors.as_council_error(error)
@@ -319,17 +274,6 @@ def _stream_error(request: Request, error: Exception) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- errors
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: they become null rather than a 500 from the encoder."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _elapsed(request: Request) -> float:

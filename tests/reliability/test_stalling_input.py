@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from council.errors import InvalidRequest, RetrievalTimeout
-from council.pipeline import MAX_DOCUMENT_CHARS, MAX_DOCUMENTS_TOTAL_CHARS, validate
 from council.retrieval import chunk_text
 from council.types import AskRequest, Chunk, Document
+from council.validation import MAX_DOCUMENT_CHARS, MAX_DOCUMENTS_TOTAL_CHARS, validate
 from tests.unit.test_pipeline import ScriptedSpecialist, make_config, make_council
 
 
