@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,29 @@ UNKNOWN = "unknown"
 SYSTEM_ROLES = frozenset({"system", "developer"})
 # The "<" of anything that reads as a fence marker, in any case or spacing ("</PASSAGE", "< / passage").
 # Replacing only that "<" removes every match in one pass: a substitution never creates a new "<".
-_FENCE = re.compile(r"<(?=\s*/?\s*passage)", re.IGNORECASE)
+# Possessive: "<" and 20,000 spaces took seconds when the two runs of spaces traded characters.
+_FENCE = re.compile(r"<(?=\s*+/?\s*+passage)", re.IGNORECASE)
+
+
+def neutralise_fences(text: str) -> str:
+    """`text` with the "<" of every fence marker made "(", so untrusted text cannot open or close a passage.
+
+    Look-alikes count: the match runs on the text as NFKC reads it ("＜/ｐａｓｓａｇｅ＞" is "</passage>") with
+    invisible format characters (zero-width spaces, joiners) left out, and the character that reads as "<" is
+    replaced in the original, which is otherwise unchanged.
+    """
+    if text.isascii():
+        return _FENCE.sub("(", text)
+    view: list[str] = []
+    origin: list[int] = []  # for each character of the view, the index of the original it came from
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cf":
+            continue
+        for n in unicodedata.normalize("NFKC", ch):
+            view.append(n)
+            origin.append(i)
+    hits = {origin[m.start()] for m in _FENCE.finditer("".join(view))}
+    return "".join("(" if i in hits else ch for i, ch in enumerate(text)) if hits else text
 
 
 @dataclass(frozen=True)
@@ -27,19 +50,25 @@ class PromptTemplate:
 
     def render_passage(self, index: int, text: str) -> str:
         # Neutralise fence markers in untrusted text so a document cannot close its own fence.
-        clean = _FENCE.sub("(", text)
-        return self.passage.format(i=index, text=clean)
+        return self.passage.format(i=index, text=neutralise_fences(text))
 
     def render(self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()) -> str:
         """The prompt; `history` (a chat's system messages and earlier turns) follows the template's own
-        system line: system text joins it, turns become "role : text" lines."""
+        system line: system text joins it, turns become "role : text" lines. Fence markers in the question and
+        the history are neutralised as in passages: a question cannot forge a passage either."""
         block = "".join(self.render_passage(i + 1, p) for i, p in enumerate(passages))
         system = self.system
+        history = _unfenced(history)
         extra = [text.strip() for role, text in history if role in SYSTEM_ROLES and text.strip()]
         turns = [f"{role} : {text.strip()}" for role, text in history if role not in SYSTEM_ROLES]
         if extra or turns:
             system = "\n".join([system, *extra, *turns])
-        return self.body.format(system=system, passages=block or self.no_passages, question=question.strip())
+        question = neutralise_fences(question.strip())
+        return self.body.format(system=system, passages=block or self.no_passages, question=question)
+
+
+def _unfenced(history: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(role, neutralise_fences(text)) for role, text in history]
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -90,7 +119,8 @@ def chat_messages(
     """The same content as chat messages, for models whose tokenizer has a chat template: one system message (the
     template's, then the chat's own system text), the chat's earlier turns, then passages + question."""
     block = "".join(template.render_passage(i + 1, p) for i, p in enumerate(passages))
-    user = f"{block or template.no_passages}question : {question.strip()}"
+    user = f"{block or template.no_passages}question : {neutralise_fences(question.strip())}"
+    history = _unfenced(history)
     system = "\n".join([template.system, *(t.strip() for r, t in history if r in SYSTEM_ROLES and t.strip())])
     turns = [{"role": r, "content": t} for r, t in history if r not in SYSTEM_ROLES]
     return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}]

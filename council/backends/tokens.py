@@ -105,7 +105,9 @@ class TokenizerCounter:
 
     def render_prompt(self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()) -> str:
         """The full prompt text: the chat template when the tokenizer has one, else the named plain template.
-        `history`: a chat's system messages and earlier turns, (role, text) in order (untrusted like passages)."""
+        `history`: a chat's system messages and earlier turns, (role, text) in order. The question, the history
+        and the passages are all untrusted: none may carry a special token (an end of text, a role marker)."""
+        question = strip_markers(question, self._markers)
         passages = [strip_markers(p, self._markers) for p in passages]
         history = [(role, strip_markers(text, self._markers)) for role, text in history]
         if not self.uses_chat_template:

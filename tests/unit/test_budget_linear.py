@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from council.budget import select, split_sentences
+from council.prompts import neutralise_fences
 from council.retrieval import chunk_text
 from council.types import Chunk
 from tests.fakes import WordCounter
@@ -107,3 +108,12 @@ def test_a_document_of_dots_is_chunked_and_trimmed_in_linear_time() -> None:
         return head + "." * (n - len(head))
 
     assert_linear(lambda n: dots(5 * n // 2), chunk_and_trim)  # 5,000 and 20,000 characters
+
+
+def test_fence_neutralising_takes_linear_time() -> None:
+    """The passage fence's pattern had the same fault: "<" and 20,000 spaces took seconds (its two runs of
+    optional spaces traded characters); and the look-alike check (NFKC, per character) must stay linear too."""
+    for head in ("<", "＜", "< /"):
+        assert_linear(lambda n, head=head: head + " " * (n - len(head)), neutralise_fences)
+    unit = "＜/ｐａｓｓａｇｅ＞ "
+    assert_linear(lambda n: (unit * (n // len(unit) + 1))[:n], neutralise_fences)
