@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,11 +17,8 @@ from council.batching import embed_async
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet
 from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
-from council.retrieval import check_tenant
+from council.synthesis import synthesise
 from council.types import (
-    CHAT_ROLES,
-    ORDERINGS,
-    SAMPLING_FIELDS,
     AskRequest,
     Chunk,
     Conversation,
@@ -31,12 +27,17 @@ from council.types import (
     MemberAnswer,
     MemberDelta,
     RouteDecision,
+    SynthesisDelta,
     TrimReport,
 )
+from council.validation import validate
+
+__all__ = ["Council", "Emit", "Event", "validate"]
 
 # What a deliberation yields as it happens (see Council.deliberate): the route chosen, pieces of a member's
-# answer (when streaming tokens), each member's answer as it lands, and last the council's answer.
-Event = RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
+# answer (when streaming tokens), each member's answer as it lands, pieces of the chairman's synthesis (when one
+# is configured), and last the council's answer.
+Event = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
 Emit = Callable[[Event], None]
 
 
@@ -46,85 +47,7 @@ def _ignore(_: Event) -> None:
 
 log = logging.getLogger(__name__)
 
-MAX_QUESTION_CHARS = 4000
-MAX_DOCUMENTS = 32
-MAX_DOCUMENT_CHARS = 20000
-# A chat request's messages before its question (system messages, earlier turns).
-MAX_HISTORY_MESSAGES = 64
-MAX_HISTORY_CHARS = 16000
-MAX_STOP_STRINGS = 4
-# Control characters other than tab/newline carry no meaning in a question and confuse tokenizers.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
 Plan = list[tuple[list[str], TrimReport]]
-
-
-def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
-    """Check a request's fields and name the first bad one; returns it with the question cleaned."""
-    if not isinstance(req.question, str) or not req.question.strip():
-        raise InvalidRequest("question must be a non-empty string")
-    question = _CONTROL.sub(" ", req.question).strip()
-    if not question:  # only control characters: nothing left to ask
-        raise InvalidRequest("question must be a non-empty string")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise InvalidRequest(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
-    n = len(config.specialists)
-    if req.k is not None and not 1 <= req.k <= n:
-        raise InvalidRequest(f"k={req.k} is out of range: the council has {n} specialists, so 1 <= k <= {n}")
-    check_tenant(req.tenant)
-    if req.budget_tokens is not None and req.budget_tokens < 0:
-        raise InvalidRequest(f"budget_tokens={req.budget_tokens} must be >= 0")
-    if req.ordering is not None and req.ordering not in ORDERINGS:
-        raise InvalidRequest(f"unknown ordering {req.ordering!r}; choose one of {list(ORDERINGS)}")
-    if req.orderings is not None and not 1 <= req.orderings <= 8:
-        raise InvalidRequest(f"orderings={req.orderings} is out of range 1..8")
-    if len(req.documents) > MAX_DOCUMENTS:
-        raise InvalidRequest(f"{len(req.documents)} documents given; at most {MAX_DOCUMENTS} per request")
-    for i, doc in enumerate(req.documents):
-        if not isinstance(doc.text, str) or not doc.text.strip() or len(doc.text) > MAX_DOCUMENT_CHARS:
-            raise InvalidRequest(f"documents[{i}].text must be 1..{MAX_DOCUMENT_CHARS} characters")
-    if req.conversation is not None:
-        _check_conversation(req.conversation, req, config)
-    return AskRequest(**{**req.__dict__, "question": question})
-
-
-def _check_conversation(conv: Conversation, req: AskRequest, config: CouncilConfig) -> None:
-    """A chat request's history and decoding settings; max_tokens over a named member's limit is refused (the
-    router's own choices are capped to theirs instead, see `Conversation.for_member`)."""
-    if len(conv.history) > MAX_HISTORY_MESSAGES:
-        raise InvalidRequest(f"messages: {len(conv.history) + 1} given; at most {MAX_HISTORY_MESSAGES + 1}")
-    for i, (role, _) in enumerate(conv.history):
-        if role not in CHAT_ROLES:
-            raise InvalidRequest(f"messages[{i}].role {role!r} is not one of {list(CHAT_ROLES)}")
-    chars = sum(len(text) for _, text in conv.history)
-    if chars > MAX_HISTORY_CHARS:
-        raise InvalidRequest(
-            f"messages before the last user message hold {chars} characters; the limit is {MAX_HISTORY_CHARS}"
-        )
-    s = conv.sampling
-    unknown = sorted(set(s) - set(SAMPLING_FIELDS))
-    if unknown:
-        raise InvalidRequest(f"unknown sampling field(s) {unknown}; known: {list(SAMPLING_FIELDS)}")
-    if s.get("temperature") is not None and not 0 <= s["temperature"] <= 2:
-        raise InvalidRequest(f"temperature={s['temperature']} is out of range 0..2")
-    if s.get("top_p") is not None and not 0 < s["top_p"] <= 1:
-        raise InvalidRequest(f"top_p={s['top_p']} is out of range (0, 1]")
-    stop = s.get("stop") or ()
-    if len(stop) > MAX_STOP_STRINGS or not all(isinstance(x, str) and x for x in stop):
-        raise InvalidRequest(f"stop: at most {MAX_STOP_STRINGS} non-empty strings, got {list(stop)!r}")
-    max_tokens = s.get("max_tokens")
-    if max_tokens is None:
-        return
-    if max_tokens < 1:
-        raise InvalidRequest(f"max_tokens={max_tokens} must be >= 1")
-    limits = {m.name: m.generation.max_new_tokens for m in config.specialists}
-    for name in req.specialists or ():
-        if (limit := limits.get(name)) is not None and max_tokens > limit:
-            raise InvalidRequest(
-                f"max_tokens={max_tokens} is over specialist {name}'s limit of {limit} tokens "
-                "(its generation.max_new_tokens)",
-                details={"max_tokens": max_tokens, "limit": limit},
-            )
 
 
 def _check_room(chosen: Sequence[str], plans: Mapping[str, Plan]) -> list[str]:
@@ -230,15 +153,16 @@ class Council:
 
     async def ask(self, request: AskRequest) -> CouncilAnswer:
         """Answer one question; raises InvalidRequest/QuestionTooLong/QuorumNotMet with clear messages."""
-        return await self._ask(request, _ignore, tokens=False)
+        return await self._ask(request, _ignore, tokens=False, chairman_streams=False)
 
     async def deliberate(self, request: AskRequest, *, tokens: bool = False) -> AsyncGenerator[Event, None]:
         """`ask`, as it happens: the RouteDecision once the members' contexts are ready (errors in the request
         are raised before it), each MemberAnswer as it lands (failed, timed-out and cancelled ones too), and the
         CouncilAnswer last. `tokens`: members that can stream (a single ordering) also yield MemberDelta pieces
-        of their answer as their engine produces them. Closing the iterator early cancels the deliberation."""
+        of their answer as their engine produces them. A chairman (aggregator.chairman) streams its synthesis as
+        SynthesisDelta pieces, whatever `tokens` says. Closing the iterator early cancels the deliberation."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        task = asyncio.create_task(self._ask(request, queue.put_nowait, tokens=tokens))
+        task = asyncio.create_task(self._ask(request, queue.put_nowait, tokens=tokens, chairman_streams=True))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (event := await queue.get()) is not None:
@@ -249,7 +173,7 @@ class Council:
                 task.cancel()
                 await asyncio.wait([task], timeout=1.0)
 
-    async def _ask(self, request: AskRequest, emit: Emit, *, tokens: bool) -> CouncilAnswer:
+    async def _ask(self, request: AskRequest, emit: Emit, *, tokens: bool, chairman_streams: bool) -> CouncilAnswer:
         req = validate(request, self.config)
         cfg, watch = self.config, _Stopwatch()
         t0 = time.perf_counter()
@@ -293,20 +217,44 @@ class Council:
                 verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
         finally:
             vectors.cancel()
+        synthesis, synthesis_failed = None, None
+        chair = cfg.aggregator.chairman
+        # Agreement and abstention are the members': a chairman never turns an abstention into an answer.
+        if chair is not None and req.synthesis and not (verdict.abstained and chair.when == "agreed"):
+            with watch.stage("synthesis"):
+                synthesis, synthesis_failed = await synthesise(
+                    chair, self.specialists, self.aggregator, question=req.question, chunks=chunks,
+                    members=answered, voted_answer=verdict.answer,
+                    timeout_s=chair.timeout_s or cfg.router.member_timeout_s, budget_tokens=req.budget_tokens,
+                    ordering=req.ordering or cfg.aggregator.ordering, conversation=self._conversation(req),
+                    # An abstaining council's synthesis is reported beside its answer, not streamed as it.
+                    emit=emit if chairman_streams and not verdict.abstained else None,
+                )  # fmt: skip
         watch.timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         return CouncilAnswer(
             question=req.question,
-            answer=verdict.answer,
+            answer=synthesis.text if synthesis is not None and not verdict.abstained else verdict.answer,
             agreement=verdict.agreement,
             entropy=verdict.entropy,
             abstained=verdict.abstained,
-            degraded=any(m.error is not None for m in members),
+            degraded=any(m.error is not None for m in members) or synthesis_failed is not None,
             members=tuple(members),
             sources=tuple(chunks),
             trims=tuple(plans[name][0][1] for name in decision.chosen if plans.get(name)),
             timings=watch.timings,
             route=decision,
+            synthesis=synthesis,
+            synthesis_failed=synthesis_failed,
         )
+
+    def _conversation(self, req: AskRequest) -> Callable[[str], Conversation | None]:
+        """A chat's history and decoding for one member, its max_tokens capped to the member's own limit."""
+
+        def of(name: str) -> Conversation | None:
+            conv = req.conversation
+            return None if conv is None else conv.for_member(self.config.specialist(name).generation.max_new_tokens)
+
+        return of
 
     async def _retrieve(self, req: AskRequest, q_vec: np.ndarray) -> list[Chunk]:
         if not req.use_retrieval or self.retriever is None:
@@ -388,9 +336,7 @@ class Council:
         """One member's answer (voted across orderings); any failure becomes data, not an exception. With
         `emit`, a member that streams and reads one ordering emits its answer's pieces as they come."""
         spec = self.specialists[name]
-        conv = req.conversation
-        if conv is not None:
-            conv = conv.for_member(self.config.specialist(name).generation.max_new_tokens)
+        conv = self._conversation(req)(name)
         try:
             if conv is not None and not isinstance(spec, ChatSpecialist):
                 raise InvalidRequest(f"member {name} takes plain questions only (no chat history or sampling)")

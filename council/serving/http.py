@@ -42,7 +42,7 @@ from council.serving.schemas import (
     event_body,
     parse,
 )
-from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
+from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision, SynthesisDelta
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,15 @@ async def chat(request: Request, payload: JsonBody) -> Response:
     question, conversation = body.conversation()
     options = body.council or AskOptions()
     alone = body.model != "council"
-    if alone:  # one specialist, asked alone
-        ask = options.to_request(question, specialists=(body.model,), k=None, conversation=conversation)
+    if alone:  # one specialist, asked alone (and no chairman rewrites its answer)
+        only = (body.model,)
+        ask = options.to_request(question, specialists=only, k=None, conversation=conversation, synthesis=False)
     else:
         ask = options.to_request(question, conversation=conversation)
     completion = Completion(body.model)
     if body.stream:
-        # Tokens stream only from a specialist asked alone; the council streams each member's answer as it lands.
+        # Tokens stream from a specialist asked alone; the council streams each member's answer as it lands, then
+        # its chairman's tokens when it has one.
         events = await _opened(_ingress(request).deliberate(ask, tokens=alone))
         return _sse(_chat_events(request, completion, events, alone))
     answer = await _answer(request, ask)
@@ -250,15 +252,19 @@ async def _chat_events(
     request: Request, completion: Completion, events: Events, alone: bool
 ) -> AsyncIterator[dict[str, Any]]:
     """The chat stream: the role (with the route), then a specialist's tokens as its engine produces them, or the
-    council's members as each answers and then the council's answer; a last chunk with finish_reason, usage and
-    the report. An error after the stream began is an OpenAI error event (the openai client raises it)."""
+    council's members as each answers and then the council's answer (its chairman's tokens as they come, when it
+    has a chairman); a last chunk with finish_reason, usage and the report. An error after the stream began is an
+    OpenAI error event (the openai client raises it). Pieces of a chairman that fails midway stay sent: the last
+    chunk's report holds the answer the council settled on."""
     text = _Trimmed()
     try:
         async for event in events:
             if isinstance(event, RouteDecision):
                 yield completion.first(event_body(event)).wire()
-            elif isinstance(event, MemberDelta):
-                if piece := text.feed(event.text):
+            elif isinstance(event, MemberDelta | SynthesisDelta):
+                # Alone: the member's own tokens. The council: its chairman's (members' answers come whole).
+                ours = isinstance(event, MemberDelta) if alone else isinstance(event, SynthesisDelta)
+                if ours and (piece := text.feed(event.text)):
                     yield completion.content(piece).wire()
             elif isinstance(event, MemberAnswer):
                 if not alone:
