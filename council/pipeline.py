@@ -224,7 +224,7 @@ class Council:
             with watch.stage("synthesis"):
                 synthesis, synthesis_failed = await synthesise(
                     chair, self.specialists, self.aggregator, question=req.question, chunks=chunks,
-                    members=answered, voted_answer=verdict.answer,
+                    members=answered, voted_answer=verdict.answer, agreed=not verdict.abstained,
                     timeout_s=chair.timeout_s or cfg.router.member_timeout_s, budget_tokens=req.budget_tokens,
                     ordering=req.ordering or cfg.aggregator.ordering, conversation=self._conversation(req),
                     # An abstaining council's synthesis is reported beside its answer, not streamed as it.

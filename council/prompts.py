@@ -128,13 +128,14 @@ def chairman_messages(
     history: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, str]]:
     """A chairman's request as chat messages: the chairman's instruction (then the chat's own system text), the
-    chat's earlier turns, then passages, question and the members' answers (in the order given, labelled A, B, ...;
-    the caller shuffles them and names no member)."""
+    chat's earlier turns, then passages, the members' answers (in the order given, labelled A, B, ...; the caller
+    shuffles them and names no member) and the question last, where a member's prompt has it: small models
+    trained on that layout answer from what precedes the question, and instruction-tuned ones read it as well."""
     block = "".join(template.render_passage(i + 1, p) for i, p in enumerate(passages))
-    user = f"{block or template.no_passages}question : {question.strip()}\n{_answers_block(answers)}"
+    user = f"{block or template.no_passages}{_answers_block(answers)}question : {question.strip()}"
     system = "\n".join([CHAIRMAN_SYSTEM, *(t.strip() for r, t in history if r in SYSTEM_ROLES and t.strip())])
     turns = [{"role": r, "content": t} for r, t in history if r not in SYSTEM_ROLES]
-    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user.rstrip()}]
+    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}]
 
 
 def chairman_prompt(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from council.agreement import is_unknown
 from council.config import ChairmanConfig
 from council.prompts import CHAIRMAN_SYSTEM, answer_labels
 from council.protocols import Aggregator, Chairman, Specialist
@@ -54,6 +55,7 @@ async def synthesise(
     chunks: Sequence[Chunk],
     members: Sequence[MemberAnswer],
     voted_answer: str,
+    agreed: bool,
     timeout_s: float,
     budget_tokens: int | None,
     ordering: str,
@@ -63,7 +65,8 @@ async def synthesise(
 ) -> tuple[Synthesis | None, str | None]:
     """The synthesis of the first chairman (`chair.member`, then each fallback) that writes one, and None; or None
     and why every one failed. `members`: the answers agreement was computed on; `conversation(name)`: a chat's
-    history and decoding for that chairman; `emit`: stream the synthesis's pieces as they come."""
+    history and decoding for that chairman; `emit`: stream the synthesis's pieces as they come. `agreed`: the
+    members agreed on a real answer (a synthesis that says "unknown" then contradicts them and counts as failed)."""
     ballot = Ballot.of(members, rng or random.Random())
     failures: list[str] = []
     for name in [chair.member, *chair.fallback]:
@@ -80,9 +83,10 @@ async def synthesise(
         except Exception as e:  # a chairman's failure is data, like a member's
             failures.append(f"{name}: {type(e).__name__}: {e}"[:400])
         else:
-            if generation.text.strip():
+            text = generation.text.strip()
+            if text and not (agreed and is_unknown(text)):
                 return Synthesis(
-                    text=generation.text.strip(),
+                    text=text,
                     chairman=name,
                     latency_s=round(time.perf_counter() - t0, 4),
                     prompt_tokens=generation.prompt_tokens,
@@ -91,7 +95,7 @@ async def synthesise(
                     labels=dict(ballot.labels),
                     failures=tuple(failures),
                 ), None
-            failures.append(f"{name}: wrote nothing")
+            failures.append(f"{name}: wrote nothing" if not text else f"{name}: wrote {text!r} over an agreed answer")
         log.warning("chairman %s", failures[-1])
     return None, "; ".join(failures)
 

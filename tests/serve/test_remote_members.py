@@ -278,9 +278,9 @@ def test_the_chairmans_synthesis_comes_with_the_members_answers_and_agreement(
     # The chairman saw the question, the passage and both answers under labels; no member's or model's name.
     system, user = _chairman_messages(scripted, "m-orion")
     assert system == {"role": "system", "content": CHAIRMAN_SYSTEM} and user["role"] == "user"
-    assert DOC["text"] in user["content"] and QUESTION in user["content"]
-    assert user["content"].endswith(
-        "<answer A> the contract is void </answer>\n<answer B> the contract is void </answer>"
+    assert user["content"] == (
+        f"<passage 1> {DOC['text']} </passage>\n<answer A> the contract is void </answer>\n"
+        f"<answer B> the contract is void </answer>\nquestion : {QUESTION}"
     )
     seen = system["content"] + user["content"]
     assert not [n for n in (*NAMES, "m-lyra", "m-orion", "oracle") if n in seen], seen
