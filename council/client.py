@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from council.errors import CouncilError, Overloaded, Unreachable
-from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
+from council.types import (
+    AskRequest,
+    CouncilAnswer,
+    Document,
+    MemberAnswer,
+    MemberDelta,
+    RouteDecision,
+    SynthesisDelta,
+)
 
 if TYPE_CHECKING:
     from council.serving.app_handle import HandleTransport
@@ -20,7 +28,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # Every AskRequest field but the question (and a chat's conversation) is a per-request option of `ask`.
 OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AskRequest)) - {"question", "conversation"}
 # What `Client.astream` yields.
-StreamEvent = RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
+StreamEvent = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
 
 
 def _error_types() -> dict[str, type[CouncilError]]:
@@ -176,6 +184,8 @@ def stream_event(body: Mapping[str, Any]) -> StreamEvent:
         return MemberDelta(str(body["member"]), str(body["text"]))
     if kind == "member":
         return MemberAnswer.from_dict(body["member"])
+    if kind == "synthesis":
+        return SynthesisDelta(str(body["chairman"]), str(body["text"]))
     if kind == "answer":
         return CouncilAnswer.from_dict(body["answer"])
     raise CouncilError(f"unknown stream event {kind!r}")

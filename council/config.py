@@ -75,7 +75,10 @@ class GenerationOptions(_Model):
 
 class SpecialistConfig(_Model):
     name: str = Field(description="Unique name; also the OpenAI `model` that talks to this one alone.")
-    model: str = Field(description="Local checkpoint folder or hub id of the causal LM (or base model).")
+    model: str = Field(
+        description="Local checkpoint folder or hub id of the causal LM (or base model); for engine: openai, the "
+        "model name the endpoint serves (its `model` field)."
+    )
     adapter: str | None = Field(None, description="Optional PEFT adapter folder applied over `model`.")
     domain: str = Field("general", description="The domain this specialist is strong in.")
     description: str = Field("", description="What it knows; embedded for routing.")
@@ -87,14 +90,22 @@ class SpecialistConfig(_Model):
     )
     prompt_template: str | None = Field(None, description="Name of a prompt template in council.prompts.")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Serve options.")
-    engine: Literal["transformers", "vllm"] = Field(
+    engine: Literal["transformers", "vllm", "openai"] = Field(
         "transformers",
         description="What runs the model: in-process Hugging Face `generate`, batched by the server "
-        "(transformers), or vLLM's async engine, which batches continuously itself (vllm; `make vllm` on CPU).",
+        "(transformers), vLLM's async engine, which batches continuously itself (vllm; `make vllm` on CPU), or "
+        "any OpenAI-compatible endpoint (openai: `vllm serve`, Ray Serve LLM, TGI, Ollama, a hosted API; `model` is "
+        "then the name that endpoint serves, and `tokenizer` and `context_window` are required).",
     )
     engine_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Options of the engine (council.engine_options: TransformersOptions, VLLMOptions), checked here.",
+        description="Options of the engine (council.engine_options: TransformersOptions, VLLMOptions, OpenAIOptions), "
+        "checked here.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="engine: openai only (required there): the remote model's tokenizer, for its token budget: a "
+        "local folder or hub id of a Hugging Face tokenizer, or `tiktoken:<encoding>` (e.g. tiktoken:o200k_base).",
     )
 
     @field_validator("name")
@@ -117,6 +128,29 @@ class SpecialistConfig(_Model):
             nested = [(".".join(str(x) for x in err["loc"]), err["msg"]) for err in e.errors()]
             raise PydanticCustomError(_NESTED, "{nested}", {"nested": nested}) from None
         return v
+
+    @model_validator(mode="after")
+    def _remote(self) -> SpecialistConfig:
+        # A remote model's token budget needs its real tokenizer and window: no silent character-count guess.
+        problems: list[tuple[str, str]] = []
+        if self.engine == "openai":
+            if self.tokenizer is None:
+                problems.append(
+                    ("tokenizer", "engine: openai needs the remote model's tokenizer for its token budget: a Hugging "
+                     "Face tokenizer folder or hub id, or tiktoken:<encoding> (e.g. tiktoken:o200k_base)")
+                )  # fmt: skip
+            if self.context_window is None:
+                problems.append(("context_window", "engine: openai needs the remote model's context window in tokens"))
+            if self.deployment.num_gpus:
+                problems.append(("deployment.num_gpus", "a remote member's replica needs no GPU: leave it at 0"))
+            if self.adapter is not None:
+                problems.append(("adapter", "a remote member serves its own adapters: name it in `model` instead"))
+        elif self.tokenizer is not None:
+            problems.append(("tokenizer", f"only engine: openai members take one; a {self.engine} member's tokenizer "
+                             "is its model's"))  # fmt: skip
+        if problems:
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
+        return self
 
 
 class RouterConfig(_Model):
@@ -204,6 +238,28 @@ class RetrievalConfig(_Model):
         return str(Path(v).expanduser().resolve())
 
 
+class ChairmanConfig(_Model):
+    """A member that writes the council's final answer from the members' answers (anonymised and shuffled)."""
+
+    member: str = Field(
+        description="The specialist (one of `specialists`) who writes the synthesis. It may also be routed to as an "
+        "ordinary member: it then answers like the others first, and later reads its own answer among theirs, "
+        "unlabelled, like any other."
+    )
+    fallback: list[str] = Field(
+        default_factory=list, description="Specialists who write it, in order, when the chairman fails or times out."
+    )
+    when: Literal["agreed", "always"] = Field(
+        "agreed",
+        description="agreed: only when the members agree (at or above agreement_threshold); always: every time, but "
+        "an abstaining council still abstains (the synthesis is then reported beside the abstention, never as the "
+        "answer).",
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Longest a chairman may take, per attempt (default: router.member_timeout_s)."
+    )
+
+
 class AggregatorConfig(_Model):
     agreement_threshold: float = Field(0.5, ge=0, le=1, description="Below this weighted agreement: abstain.")
     similarity_threshold: float = Field(
@@ -220,6 +276,9 @@ class AggregatorConfig(_Model):
         description="Who embeds the members' answers for agreement. 'members': each specialist's replica, right "
         "after generating, on its own device and in parallel with the others (each replica loads the embedder). "
         "'ingress': the ingress, each answer as it arrives.",
+    )
+    chairman: ChairmanConfig | None = Field(
+        None, description="Optional: a member that writes the final answer from the members' answers (synthesis)."
     )
 
 
@@ -246,6 +305,26 @@ class CouncilConfig(_Model):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="The document store.")
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig, description="Trim and agree.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP API.")
+
+    @field_validator("aggregator")
+    @classmethod
+    def _chairman(cls, v: AggregatorConfig, info: ValidationInfo) -> AggregatorConfig:
+        chair = v.chairman
+        specialists = info.data.get("specialists")
+        if chair is None or specialists is None:  # bad specialists are their own error
+            return v
+        names = [s.name for s in specialists]
+        problems: list[tuple[str, str]] = []
+        if chair.member not in names:
+            problems.append(("chairman.member", f"unknown specialist {chair.member!r}; known: {names}"))
+        for i, name in enumerate(chair.fallback):
+            if name not in names:
+                problems.append((f"chairman.fallback.{i}", f"unknown specialist {name!r}; known: {names}"))
+            elif name == chair.member or name in chair.fallback[:i]:
+                problems.append((f"chairman.fallback.{i}", f"{name!r} is already the chairman or an earlier fallback"))
+        if problems:
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> CouncilConfig:
@@ -284,8 +363,8 @@ class CouncilConfig(_Model):
 
 
 def resolve_paths(data: Any, base: Path) -> Any:
-    """Make specialists' relative `model`/`adapter` paths absolute when they exist next to the YAML file, and
-    a relative `retrieval.path` relative to the file's folder.
+    """Make specialists' relative `model`/`adapter` paths (a remote member's `tokenizer`) absolute when they exist
+    next to the YAML file, and a relative `retrieval.path` relative to the file's folder.
 
     Hub ids ("org/name") are left alone unless a folder of that name exists beside the file.
     """
@@ -301,7 +380,8 @@ def resolve_paths(data: Any, base: Path) -> Any:
     for spec in data["specialists"]:
         if isinstance(spec, dict):
             spec = dict(spec)
-            for key in ("model", "adapter"):
+            remote = spec.get("engine") == "openai"  # its `model` names what the endpoint serves, never a folder
+            for key in ("tokenizer",) if remote else ("model", "adapter"):
                 value = spec.get(key)
                 if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
                     spec[key] = str((base / value).resolve())

@@ -6,11 +6,14 @@ The engines (`council.backends.hf_engine`, `council.backends.vllm_engine`) read 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ENGINE_KINDS", "ENGINE_OPTIONS", "TransformersOptions", "VLLMOptions"]
+__all__ = ["ENGINE_KINDS", "ENGINE_OPTIONS", "OpenAIOptions", "TransformersOptions", "VLLMOptions"]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class TransformersOptions(BaseModel):
@@ -57,6 +60,69 @@ class VLLMOptions(BaseModel):
     )
 
 
+class OpenAIOptions(BaseModel):
+    """`engine_options` of the openai engine: any OpenAI-compatible chat endpoint.
+
+    The member's `model` is the name the endpoint serves; its `tokenizer` and `context_window` size its budget;
+    `generation` (max_new_tokens, temperature, top_p, stop) is sent with every request. The API key is never
+    written here: it is read, when the member's replica starts, from the environment variable `api_key_env` names.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(
+        description="The endpoint's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (vllm serve), "
+        "http://127.0.0.1:11434/v1 (Ollama), https://openrouter.ai/api/v1."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable that holds the API key (set it where the replicas run). "
+        "None: the endpoint takes no key (a local vllm serve or Ollama).",
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Longest one attempt may take (the member timeout still cuts).")
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Retries after a 408/409/429/5xx answer or a connection error or timeout."
+    )
+    backoff_s: float = Field(0.5, gt=0, description="First retry's wait; doubled each retry, with jitter.")
+    max_backoff_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest wait before a retry. A Retry-After the endpoint sends is honoured up to this; a longer "
+        "one fails the request at once, saying so.",
+    )
+    max_concurrency: int = Field(8, ge=1, description="Requests this member's replica has in flight at the endpoint.")
+
+    api_key: None = Field(None, exclude=True, description="Refused: a key is never written into a config.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_key(cls, v: Any) -> None:
+        if v is not None:
+            raise ValueError(
+                "never write a key into a config: put it in an environment variable and name that variable in "
+                "api_key_env"
+            )
+        return None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("api_key_env is the NAME of an environment variable (letters, digits, _), not a key")
+        return v
+
+
 # The engine kinds a member may name (`engine:` in its config) and the options model of each.
-ENGINE_OPTIONS: dict[str, type[BaseModel]] = {"transformers": TransformersOptions, "vllm": VLLMOptions}
+ENGINE_OPTIONS: dict[str, type[BaseModel]] = {
+    "transformers": TransformersOptions,
+    "vllm": VLLMOptions,
+    "openai": OpenAIOptions,
+}
 ENGINE_KINDS = tuple(ENGINE_OPTIONS)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from council.config import CouncilConfig
+from council.errors import ConfigError
 from council.pipeline import Council
 from council.protocols import Retriever, Specialist
 
@@ -28,6 +29,11 @@ def build_local_council(
     embedder = get_batched_embedder(config.retrieval.embedder)
     members = dict(specialists or {})
     for spec in config.specialists:
+        if spec.name not in members and spec.engine == "openai":
+            raise ConfigError(
+                f"specialist {spec.name}: engine: openai members run in the Serve app (`serve run`, `council serve`); "
+                "the in-process council loads local models only"
+            )
         if spec.name not in members:
             log.info("loading specialist %s from %s", spec.name, spec.model)
             members[spec.name] = TransformersSpecialist(spec)

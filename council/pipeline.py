@@ -17,6 +17,7 @@ from council.batching import embed_async
 from council.config import CouncilConfig
 from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout
 from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
+from council.synthesis import synthesise
 from council.types import (
     AskRequest,
     Chunk,
@@ -26,15 +27,17 @@ from council.types import (
     MemberAnswer,
     MemberDelta,
     RouteDecision,
+    SynthesisDelta,
     TrimReport,
 )
 from council.validation import validate
 
-__all__ = ["Council", "Event", "validate"]  # validate: checked here for every caller, defined in council.validation
+__all__ = ["Council", "Emit", "Event", "validate"]  # validate: defined in council.validation
 
 # What a deliberation yields as it happens (see Council.deliberate): the route chosen, pieces of a member's
-# answer (when streaming tokens), each member's answer as it lands, and last the council's answer.
-Event = RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer
+# answer (when streaming tokens), each member's answer as it lands, pieces of the chairman's synthesis (when one
+# is configured), and last the council's answer.
+Event = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
 Emit = Callable[[Event], None]
 
 
@@ -150,15 +153,16 @@ class Council:
 
     async def ask(self, request: AskRequest) -> CouncilAnswer:
         """Answer one question; raises InvalidRequest/QuestionTooLong/QuorumNotMet with clear messages."""
-        return await self._ask(request, _ignore, tokens=False)
+        return await self._ask(request, _ignore, tokens=False, chairman_streams=False)
 
     async def deliberate(self, request: AskRequest, *, tokens: bool = False) -> AsyncGenerator[Event, None]:
         """`ask`, as it happens: the RouteDecision once the members' contexts are ready (errors in the request
         are raised before it), each MemberAnswer as it lands (failed, timed-out and cancelled ones too), and the
         CouncilAnswer last. `tokens`: members that can stream (a single ordering) also yield MemberDelta pieces
-        of their answer as their engine produces them. Closing the iterator early cancels the deliberation."""
+        of their answer as their engine produces them. A chairman (aggregator.chairman) streams its synthesis as
+        SynthesisDelta pieces, whatever `tokens` says. Closing the iterator early cancels the deliberation."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        task = asyncio.create_task(self._ask(request, queue.put_nowait, tokens=tokens))
+        task = asyncio.create_task(self._ask(request, queue.put_nowait, tokens=tokens, chairman_streams=True))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (event := await queue.get()) is not None:
@@ -169,7 +173,7 @@ class Council:
                 task.cancel()
                 await asyncio.wait([task], timeout=1.0)
 
-    async def _ask(self, request: AskRequest, emit: Emit, *, tokens: bool) -> CouncilAnswer:
+    async def _ask(self, request: AskRequest, emit: Emit, *, tokens: bool, chairman_streams: bool) -> CouncilAnswer:
         req = validate(request, self.config)
         cfg, watch = self.config, _Stopwatch()
         t0 = time.perf_counter()
@@ -213,20 +217,46 @@ class Council:
                 verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
         finally:
             vectors.cancel()
+        synthesis, synthesis_failed = None, None
+        chair = cfg.aggregator.chairman
+        # Agreement and abstention are the members': a chairman never turns an abstention into an answer.
+        if chair is not None and req.synthesis and not (verdict.abstained and chair.when == "agreed"):
+            with watch.stage("synthesis"):
+                synthesis, synthesis_failed = await synthesise(
+                    chair, self.specialists, self.aggregator, question=req.question, chunks=chunks,
+                    members=answered, voted_answer=verdict.answer, agreed=not verdict.abstained,
+                    timeout_s=chair.timeout_s or cfg.router.member_timeout_s, budget_tokens=req.budget_tokens,
+                    ordering=req.ordering or cfg.aggregator.ordering, conversation=self._conversation(req),
+                    # An abstaining council's synthesis is reported beside its answer, not streamed as it.
+                    emit=emit if chairman_streams and not verdict.abstained else None,
+                )  # fmt: skip
         watch.timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         return CouncilAnswer(
             question=req.question,
-            answer=verdict.answer,
+            answer=synthesis.text if synthesis is not None and not verdict.abstained else verdict.answer,
             agreement=verdict.agreement,
             entropy=verdict.entropy,
             abstained=verdict.abstained,
-            degraded=any(m.error is not None for m in members),
+            degraded=any(m.error is not None for m in members) or synthesis_failed is not None,
             members=tuple(members),
             sources=tuple(chunks),
             trims=tuple(plans[name][0][1] for name in decision.chosen if plans.get(name)),
             timings=watch.timings,
             route=decision,
+            synthesis=synthesis,
+            synthesis_failed=synthesis_failed,
         )
+
+    def _conversation(self, req: AskRequest) -> Callable[[str], Conversation | None]:
+        """A chat's history and decoding for one member, its max_tokens capped to the member's own limit."""
+
+        def of(name: str) -> Conversation | None:
+            conv = req.conversation
+            if conv is None or (not conv.history and not conv.sampling):
+                return None  # a chat of one plain question: any member takes it
+            return conv.for_member(self.config.specialist(name).generation.max_new_tokens)
+
+        return of
 
     async def _retrieve(self, req: AskRequest, q_vec: np.ndarray) -> list[Chunk]:
         if not req.use_retrieval or self.retriever is None:
@@ -315,11 +345,7 @@ class Council:
         """One member's answer (voted across orderings); any failure becomes data, not an exception. With
         `emit`, a member that streams and reads one ordering emits its answer's pieces as they come."""
         spec = self.specialists[name]
-        conv = req.conversation
-        if conv is not None and not conv.history and not conv.sampling:
-            conv = None  # a chat of one plain question: any member takes it
-        if conv is not None:
-            conv = conv.for_member(self.config.specialist(name).generation.max_new_tokens)
+        conv = self._conversation(req)(name)
         try:
             if conv is not None and not isinstance(spec, ChatSpecialist):
                 raise InvalidRequest(f"member {name} takes plain questions only (no chat history or sampling)")

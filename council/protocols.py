@@ -67,6 +67,32 @@ class ChatSpecialist(Specialist, Protocol):
 
 
 @runtime_checkable
+class Chairman(Protocol):
+    """A member that can write the council's synthesis (a Serve deployment's handle, `HandleSpecialist`): the
+    question, its passages and the members' answers, anonymised (no names) and in the order to show them."""
+
+    name: str
+
+    async def synthesise(
+        self,
+        question: str,
+        passages: Sequence[str],
+        answers: Sequence[str],
+        conversation: Conversation | None = None,
+    ) -> Generation: ...
+
+    def stream_synthesis(
+        self,
+        question: str,
+        passages: Sequence[str],
+        answers: Sequence[str],
+        conversation: Conversation | None = None,
+    ) -> AsyncIterator[tuple[str, Generation | None]]:
+        """("piece", None) per piece of the synthesis as it is produced, then ("", the whole Generation)."""
+        ...
+
+
+@runtime_checkable
 class Retriever(Protocol):
     """Finds the caller's tenant's chunks for a question; never another tenant's."""
 

@@ -41,6 +41,15 @@ def render_answer(answer: CouncilAnswer, *, out: Console | None = None, trims: b
         f"{answer.timings.get('total', 0):.0f} ms[/]",
         highlight=False,
     )
+    if answer.synthesis is not None:
+        s = answer.synthesis
+        out.print(
+            f"  [dim]synthesis by[/] [bold]{s.chairman}[/] [dim]({s.latency_s * 1000:.0f} ms; voted: "
+            f"{_short(s.voted_answer, 50)})[/]",
+            highlight=False,
+        )
+    if answer.synthesis_failed:
+        out.print(f"  [red]synthesis failed[/] {_short(answer.synthesis_failed, 200)}", highlight=False)
     for c in answer.sources:
         out.print(f"  [dim]source[/] {c.score:.2f} [cyan]{c.source or c.id}[/] {_short(c.text, 90)}", highlight=False)
     if trims:

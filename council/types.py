@@ -77,6 +77,14 @@ class MemberDelta:
 
 
 @dataclass(frozen=True)
+class SynthesisDelta:
+    """A piece of the chairman's synthesis as its engine produces it (a streamed deliberation's last tokens)."""
+
+    chairman: str
+    text: str
+
+
+@dataclass(frozen=True)
 class MemberAnswer:
     """One specialist's contribution. A failure is data: `error` is set and `answer` is None."""
 
@@ -142,6 +150,30 @@ class AskRequest:
     use_retrieval: bool = True
     # A chat request's history and decoding settings (the OpenAI route); None: a plain question.
     conversation: Conversation | None = None
+    # Let the configured chairman (aggregator.chairman) write the answer; False: the voted answer.
+    synthesis: bool = True
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The chairman's final answer, written from the members' answers (anonymised and shuffled).
+
+    `labels` maps each label the chairman saw to the member it stands for (for audit: the chairman saw only the
+    labels); `voted_answer` is what the council's vote chose; `failures` are the chairmen tried before this one.
+    """
+
+    text: str
+    chairman: str
+    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    voted_answer: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Synthesis:
+        return cls(**{**d, "labels": dict(d.get("labels") or {}), "failures": tuple(d.get("failures") or ())})
 
 
 @dataclass(frozen=True)
@@ -159,6 +191,10 @@ class CouncilAnswer:
     trims: tuple[TrimReport, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
     route: RouteDecision | None = None
+    # The chairman's answer when one is configured and wrote it (`answer` is then its text, unless the council
+    # abstained); else, when every chairman failed, why: `answer` is then the voted answer.
+    synthesis: Synthesis | None = None
+    synthesis_failed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the HTTP API's response body)."""
@@ -167,6 +203,8 @@ class CouncilAnswer:
         d["timings"] = dict(self.timings)
         if self.route is not None:
             d["route"] = {"scores": dict(self.route.scores), "chosen": list(self.route.chosen)}
+        if self.synthesis is not None:
+            d["synthesis"] = {**asdict(self.synthesis), "labels": dict(self.synthesis.labels)}
         return d
 
     @classmethod
@@ -188,4 +226,6 @@ class CouncilAnswer:
             ),
             timings=dict(d.get("timings", {})),
             route=RouteDecision(scores=dict(route["scores"]), chosen=tuple(route["chosen"])) if route else None,
+            synthesis=Synthesis.from_dict(d["synthesis"]) if d.get("synthesis") else None,
+            synthesis_failed=d.get("synthesis_failed"),
         )

@@ -6,7 +6,9 @@ A specialist deployment is a thin shim over an `Engine` (the way Ray Serve LLM's
 implement the same protocol, and what crosses it is the frozen dataclasses below.
 
 An engine gets already-rendered prompts: the member's own `tokens` (its tokenizer, prompt template and
-context window; also the budget's `TokenCounter`) renders them, so every engine sees the same text.
+context window; also the budget's `TokenCounter`) renders them, so every engine sees the same text. The same
+request comes as chat messages too (`EngineRequest.messages`), for an engine that sends messages to a server
+that applies its own chat template (`council.backends.openai_engine`); the others read `prompt`.
 
 This module is light (no torch, no vLLM, no Ray) and never imports `council.serving`.
 """
@@ -75,13 +77,21 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+Message = tuple[str, str]  # (role, content)
+
+
 @dataclass(frozen=True)
 class EngineRequest:
-    """One completion: an already-rendered prompt and how to decode it. `request_id` names it for `abort`."""
+    """One completion: an already-rendered prompt and how to decode it. `request_id` names it for `abort`.
+
+    `messages`: the same request as (role, content) chat messages, when it was built from one (EngineSpecialist);
+    () for a bare prompt (an engine that speaks chat then sends `prompt` as one user message).
+    """
 
     prompt: str
     sampling: Sampling
     request_id: str = field(default_factory=new_request_id)
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,16 +252,29 @@ class EngineSpecialist:
         self.name = engine.name
 
     def request(
-        self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = (), **sampling: Any
+        self,
+        question: str,
+        passages: Sequence[str],
+        history: Sequence[tuple[str, str]] = (),
+        *,
+        answers: Sequence[str] | None = None,
+        **sampling: Any,
     ) -> EngineRequest:
         """The engine request for one question (after a chat's `history`, see TokenizerCounter.render_prompt);
-        `sampling` overrides the member's settings (None: keep)."""
+        `sampling` overrides the member's settings (None: keep). With `answers` (the members' answers, anonymised
+        and in the order to show) it is a chairman's synthesis instead (TokenizerCounter.render_chairman)."""
         base = self.engine.default_sampling
         changes = {k: v for k, v in sampling.items() if v is not None}
         if "stop" in changes:
             changes["stop"] = tuple(changes["stop"])
-        prompt = self.engine.tokens.render_prompt(question, passages, history)
-        return EngineRequest(prompt, dataclasses.replace(base, **changes))
+        tokens = self.engine.tokens
+        if answers is None:
+            prompt = tokens.render_prompt(question, passages, history)
+            messages = tokens.render_messages(question, passages, history)
+        else:
+            prompt, messages = tokens.render_chairman(question, passages, answers, history)
+        turns = tuple((m["role"], m["content"]) for m in messages)
+        return EngineRequest(prompt, dataclasses.replace(base, **changes), messages=turns)
 
     async def generate(self, question: str, passages: Sequence[str]) -> Generation:
         [out] = await self.engine.generate([self.request(question, passages)])

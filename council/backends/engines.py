@@ -24,4 +24,8 @@ def build_engine(
         from council.backends.vllm_engine import VLLMEngine
 
         return VLLMEngine(config, options)
+    if kind == "openai":
+        from council.backends.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(config, options)
     raise ConfigError(f"specialist {config.name}: engine: unknown engine {kind!r}; known: {list(ENGINE_KINDS)}")

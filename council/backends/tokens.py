@@ -9,9 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from council.backends.tiktoken_tokenizer import TIKTOKEN_PREFIX
 from council.config import SpecialistConfig
 from council.errors import ConfigError, ModelLoadError
-from council.prompts import chat_messages, get_template, marker_pattern, strip_markers
+from council.prompts import (
+    chairman_messages,
+    chairman_prompt,
+    chat_messages,
+    get_template,
+    marker_pattern,
+    strip_markers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +116,45 @@ class TokenizerCounter:
         `history`: a chat's system messages and earlier turns, (role, text) in order. The question, the history
         and the passages are all untrusted: none may carry a special token (an end of text, a role marker)."""
         question = strip_markers(question, self._markers)
-        passages = [strip_markers(p, self._markers) for p in passages]
-        history = [(role, strip_markers(text, self._markers)) for role, text in history]
+        passages, history = self._clean(passages, history)
         if not self.uses_chat_template:
             return self.template.render(question, passages, history)
-        messages = chat_messages(self.template, question, passages, history)
+        return self._chat_prompt(chat_messages(self.template, question, passages, history))
+
+    def render_messages(
+        self, question: str, passages: Sequence[str], history: Sequence[tuple[str, str]] = ()
+    ) -> list[dict[str, str]]:
+        """The same request as chat messages (system: the fenced-passages instruction; user: passages and
+        question), for engines that send messages, not prompts (openai). Cleaned as `render_prompt` cleans."""
+        question = strip_markers(question, self._markers)
+        passages, history = self._clean(passages, history)
+        return chat_messages(self.template, question, passages, history)
+
+    def render_chairman(
+        self,
+        question: str,
+        passages: Sequence[str],
+        answers: Sequence[str],
+        history: Sequence[tuple[str, str]] = (),
+    ) -> tuple[str, list[dict[str, str]]]:
+        """A chairman's request (council.prompts.chairman_messages): its prompt as this model sees it, and as
+        chat messages. The members' answers are untrusted text like passages."""
+        passages, history = self._clean(passages, history)
+        answers = [strip_markers(a, self._markers) for a in answers]
+        messages = chairman_messages(self.template, question, passages, answers, history)
+        if not self.uses_chat_template:
+            return chairman_prompt(self.template, question, passages, answers, history), messages
+        return self._chat_prompt([dict(m) for m in messages]), messages
+
+    def _clean(
+        self, passages: Sequence[str], history: Sequence[tuple[str, str]]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        return (
+            [strip_markers(p, self._markers) for p in passages],
+            [(role, strip_markers(text, self._markers)) for role, text in history],
+        )
+
+    def _chat_prompt(self, messages: list[dict[str, str]]) -> str:
         try:
             return str(self._apply_chat_template(messages))
         except Exception:  # some chat templates refuse a system role: fold it into the first user turn
@@ -150,5 +192,43 @@ class TokenizerCounter:
 
 
 def load_tokenizer_counter(config: SpecialistConfig) -> TokenizerCounter:
-    """A TokenCounter for `config` that loads only the tokenizer and model config, never the weights."""
+    """A TokenCounter for `config` that loads only the tokenizer and model config, never the weights (a remote
+    member: its declared `tokenizer` and `context_window`, see RemoteTokenCounter)."""
+    if config.engine == "openai":
+        return load_remote_counter(config)
     return TokenizerCounter(config, load_tokenizer(config.model), load_model_config(config.model))
+
+
+# ---------------------------------------------------------------- remote members (engine: openai)
+
+# A remote member's budget uses its model's real tokenizer (Hugging Face, or a tiktoken encoding) and its declared
+# context window; no weights, no model config. The endpoint applies its own chat template, which we cannot see:
+# with a Hugging Face tokenizer that has one we count through it (the endpoint most likely uses the same); else
+# the plain template's rendering is counted, plus this margin for the roles and separators the endpoint adds
+# (OpenAI documents about 3 tokens per message and 3 to prime the reply).
+CHAT_MARGIN_TOKENS = 12
+
+
+class RemoteTokenCounter(TokenizerCounter):
+    """`TokenizerCounter` of a remote member: its declared window; a margin for the endpoint's chat template."""
+
+    def __init__(self, config: SpecialistConfig, tokenizer: Any) -> None:
+        super().__init__(config, tokenizer, model_config=None)  # context_window is declared (config checks it)
+
+    def prompt_overhead(self) -> int:
+        margin = 0 if self.uses_chat_template else CHAT_MARGIN_TOKENS
+        return super().prompt_overhead() + margin
+
+
+def load_remote_counter(config: SpecialistConfig) -> RemoteTokenCounter:
+    """The token counter of a remote (engine: openai) member, from its `tokenizer` field."""
+    source = config.tokenizer
+    if source is None or config.context_window is None:  # SpecialistConfig refuses this; be clear anyway
+        raise ModelLoadError(f"specialist {config.name}: a remote member needs `tokenizer` and `context_window`")
+    if source.startswith(TIKTOKEN_PREFIX):
+        from council.backends.tiktoken_tokenizer import load_tiktoken
+
+        tokenizer: Any = load_tiktoken(source[len(TIKTOKEN_PREFIX) :])
+    else:
+        tokenizer = load_tokenizer(source)
+    return RemoteTokenCounter(config, tokenizer)

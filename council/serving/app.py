@@ -71,8 +71,10 @@ def load_config(args: AppArgs) -> CouncilConfig:
     return config.model_copy(update={"retrieval": config.retrieval.model_copy(update={"path": store})})
 
 
-# A member whose engine batches continuously (vLLM) takes many requests at once: that is how it batches.
+# A member whose engine batches continuously (vLLM), or whose model is remote (openai: its engine bounds what is in
+# flight at the endpoint, engine_options.max_concurrency), takes many requests at once.
 SELF_BATCHING_MAX_ONGOING = 256
+SELF_BATCHING_ENGINES = ("vllm", "openai")
 
 
 def _replica_options(spec: SpecialistConfig) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def _replica_options(spec: SpecialistConfig) -> dict[str, Any]:
     d = spec.deployment
     # An engine that batches itself needs the requests in the replica: a higher default than ours (16).
     ongoing = d.max_ongoing_requests
-    if spec.engine == "vllm" and "max_ongoing_requests" not in d.model_fields_set:
+    if spec.engine in SELF_BATCHING_ENGINES and "max_ongoing_requests" not in d.model_fields_set:
         ongoing = SELF_BATCHING_MAX_ONGOING
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
@@ -105,10 +107,12 @@ def _replica_options(spec: SpecialistConfig) -> dict[str, Any]:
 def _specialist(spec: SpecialistConfig, fault: Faults | None, config: CouncilConfig) -> Application:
     options = _replica_options(spec)
     # vLLM's engine starts on the replica's event loop (an async __init__); the engine itself sets its CPU
-    # environment (KV cache, thread binding) from engine_options before it spawns its core process.
+    # environment (KV cache, thread binding) from engine_options before it spawns its core process. A remote
+    # member's client belongs to that loop too.
     server = SpecialistServer if spec.engine == "transformers" else AsyncSpecialistServer
     deployment: Any = serve.deployment(server, name=specialist_deployment_name(spec.name), **options)
-    embed = config.aggregator.answers_embedded_by == "members"
+    # A remote member's replica stays cheap (no torch model, no embedder): the ingress embeds its answers.
+    embed = config.aggregator.answers_embedded_by == "members" and spec.engine != "openai"
     return deployment.bind(
         spec.model_dump(mode="json"),
         fault.model_dump(exclude_unset=True) if fault else None,

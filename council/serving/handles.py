@@ -37,7 +37,7 @@ async def call(handle: DeploymentHandle, method: str, *args: Any, **kwargs: Any)
 
 
 class HandleSpecialist:
-    """`Specialist` over a SpecialistServer deployment."""
+    """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment."""
 
     def __init__(self, name: str, handle: DeploymentHandle) -> None:
         self.name = name
@@ -55,15 +55,47 @@ class HandleSpecialist:
             result = await call(self.handle, "generate", question, list(passages), sampling, history)
         return result
 
-    async def stream(
+    async def synthesise(
+        self,
+        question: str,
+        passages: Sequence[str],
+        answers: Sequence[str],
+        conversation: Conversation | None = None,
+    ) -> Generation:
+        """This member's synthesis as the council's chairman, from the members' answers (anonymised, in order)."""
+        conv = conversation or Conversation()
+        args = (question, list(passages), dict(conv.sampling), list(conv.history), list(answers))
+        result: Generation = await call(self.handle, "generate", *args)
+        return result
+
+    def stream(
         self, question: str, passages: Sequence[str], conversation: Conversation | None = None
     ) -> AsyncIterator[tuple[str, Generation | None]]:
         """The answer as the member's engine produces it: ("piece", None) for each piece of text, then
         ("", Generation) with the whole (stripped) answer and its token counts. Closing the iterator, or
         cancelling its consumer, cancels the replica's stream and so the engine request."""
+        return self._stream(question, passages, conversation, None)
+
+    def stream_synthesis(
+        self,
+        question: str,
+        passages: Sequence[str],
+        answers: Sequence[str],
+        conversation: Conversation | None = None,
+    ) -> AsyncIterator[tuple[str, Generation | None]]:
+        """`synthesise`, streamed as `stream` streams an answer."""
+        return self._stream(question, passages, conversation, list(answers))
+
+    async def _stream(
+        self,
+        question: str,
+        passages: Sequence[str],
+        conversation: Conversation | None,
+        answers: list[str] | None,
+    ) -> AsyncIterator[tuple[str, Generation | None]]:
         conv = conversation or Conversation()
         responses: Any = self.handle.options(stream=True).stream.remote(
-            question, list(passages), dict(conv.sampling), list(conv.history)
+            question, list(passages), dict(conv.sampling), list(conv.history), answers
         )
         t0 = time.perf_counter()
         pieces: list[str] = []

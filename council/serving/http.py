@@ -43,7 +43,15 @@ from council.serving.schemas import (
 )
 from council.serving.sse import Events, Trimmed, opened, sse
 from council.serving.sse import finite as _finite
-from council.types import AskRequest, CouncilAnswer, Document, MemberAnswer, MemberDelta, RouteDecision
+from council.types import (
+    AskRequest,
+    CouncilAnswer,
+    Document,
+    MemberAnswer,
+    MemberDelta,
+    RouteDecision,
+    SynthesisDelta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +190,17 @@ async def chat(request: Request, payload: JsonBody) -> Response:
     options = body.council or AskOptions()
     tenant = _grant(request).tenant_for(options.tenant, "read")
     alone = body.model != "council"
-    if alone:  # one specialist, asked alone
-        ask = options.to_request(question, specialists=(body.model,), k=None, conversation=conversation, tenant=tenant)
+    if alone:  # one specialist, asked alone (and no chairman rewrites its answer)
+        only = (body.model,)
+        ask = options.to_request(
+            question, specialists=only, k=None, conversation=conversation, synthesis=False, tenant=tenant
+        )
     else:
         ask = options.to_request(question, conversation=conversation, tenant=tenant)
     completion = Completion(body.model)
     if body.stream:
-        # Tokens stream only from a specialist asked alone; the council streams each member's answer as it lands.
+        # Tokens stream from a specialist asked alone; the council streams each member's answer as it lands, then
+        # its chairman's tokens when it has one.
         events = await opened(_ingress(request).deliberate(ask, tokens=alone))
         return sse(_chat_events(request, completion, events, alone))
     answer = await _answer(request, ask)
@@ -236,15 +248,19 @@ async def _chat_events(
     request: Request, completion: Completion, events: Events, alone: bool
 ) -> AsyncIterator[dict[str, Any]]:
     """The chat stream: the role (with the route), then a specialist's tokens as its engine produces them, or the
-    council's members as each answers and then the council's answer; a last chunk with finish_reason, usage and
-    the report. An error after the stream began is an OpenAI error event (the openai client raises it)."""
+    council's members as each answers and then the council's answer (its chairman's tokens as they come, when it
+    has a chairman); a last chunk with finish_reason, usage and the report. An error after the stream began is an
+    OpenAI error event (the openai client raises it). Pieces of a chairman that fails midway stay sent: the last
+    chunk's report holds the answer the council settled on."""
     text = Trimmed()
     try:
         async for event in events:
             if isinstance(event, RouteDecision):
                 yield completion.first(event_body(event)).wire()
-            elif isinstance(event, MemberDelta):
-                if piece := text.feed(event.text):
+            elif isinstance(event, MemberDelta | SynthesisDelta):
+                # Alone: the member's own tokens. The council: its chairman's (members' answers come whole).
+                ours = isinstance(event, MemberDelta) if alone else isinstance(event, SynthesisDelta)
+                if ours and (piece := text.feed(event.text)):
                     yield completion.content(piece).wire()
             elif isinstance(event, MemberAnswer):
                 if not alone:

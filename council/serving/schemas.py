@@ -25,6 +25,7 @@ from council.types import (
     MemberAnswer,
     MemberDelta,
     RouteDecision,
+    SynthesisDelta,
 )
 
 
@@ -66,6 +67,9 @@ class AskOptions(_Strict):
     specialists: list[StrictStr] | None = Field(default=None, description="Ask exactly these specialists.")
     early_exit: StrictBool | None = Field(default=None, description="Answer once a quorum agrees.")
     use_retrieval: StrictBool = Field(default=True, description="Search the tenant's store.")
+    synthesis: StrictBool = Field(
+        default=True, description="Let the configured chairman write the answer (false: the voted answer)."
+    )
 
     _tenant = field_validator("tenant", mode="before")(lambda v: _named(v))
 
@@ -80,6 +84,7 @@ class AskOptions(_Strict):
             "orderings": self.orderings,
             "early_exit": self.early_exit,
             "use_retrieval": self.use_retrieval,
+            "synthesis": self.synthesis,
             "documents": tuple(d.to_document() for d in self.documents),
             "specialists": tuple(self.specialists) if self.specialists is not None else None,
         }
@@ -223,7 +228,7 @@ class ModelList(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens of every member's prompts and answers."""
+    """Tokens of every member's prompts and answers, and of the chairman's synthesis."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -232,8 +237,9 @@ class Usage(BaseModel):
     @classmethod
     def of(cls, answer: CouncilAnswer) -> Usage:
         """The usage of one council answer."""
-        prompt = sum(m.prompt_tokens for m in answer.members)
-        completion = sum(m.completion_tokens for m in answer.members)
+        chair = answer.synthesis
+        prompt = sum(m.prompt_tokens for m in answer.members) + (chair.prompt_tokens if chair else 0)
+        completion = sum(m.completion_tokens for m in answer.members) + (chair.completion_tokens if chair else 0)
         return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
@@ -327,15 +333,18 @@ class Completion:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], **extra)
 
 
-def event_body(event: RouteDecision | MemberDelta | MemberAnswer | CouncilAnswer) -> dict[str, Any]:
+def event_body(event: RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer) -> dict[str, Any]:
     """A deliberation event (council.pipeline.Event) as JSON: {"event": "route" | "delta" | "member" |
-    "answer", ...}; what POST /v1/council with `stream: true` sends, and the handle's `ask_stream` yields."""
+    "synthesis" | "answer", ...}; what POST /v1/council with `stream: true` sends, and the handle's `ask_stream`
+    yields."""
     if isinstance(event, RouteDecision):
         return {"event": "route", "chosen": list(event.chosen), "scores": dict(event.scores)}
     if isinstance(event, MemberDelta):
         return {"event": "delta", "member": event.name, "text": event.text}
     if isinstance(event, MemberAnswer):
         return {"event": "member", "member": dataclasses.asdict(event)}
+    if isinstance(event, SynthesisDelta):
+        return {"event": "synthesis", "chairman": event.chairman, "text": event.text}
     return {"event": "answer", "answer": event.to_dict()}
 
 

@@ -2,7 +2,9 @@
 
 The engine is the member's `engine:` (council.backends.engines). The transformers engine runs one padded forward
 pass per batch, so the server batches in front of it (PassGate + a per-instance @serve.batch); the vLLM engine
-schedules concurrent requests itself (`batches_itself`), so each request goes straight to it.
+schedules concurrent requests itself (`batches_itself`), so each request goes straight to it, as it does to the
+openai engine (a remote endpoint: the replica holds no model). A chairman's synthesis is a request like any
+other, with the members' answers (`answers`), and goes the same way.
 
 Plain classes, no decorators: `app.py` turns them into deployments and binds them.
 """
@@ -97,19 +99,22 @@ class SpecialistServer:
         passages: Sequence[str],
         sampling: Mapping[str, Any] | None = None,
         history: Sequence[tuple[str, str]] = (),
+        answers: Sequence[str] | None = None,
     ) -> Generation:
         """Answer a question from its (already trimmed) passages. Cancelling the call aborts an engine request
-        that batches itself (vLLM); a transformers pass that has begun runs to its end.
+        that batches itself (vLLM, openai); a transformers pass that has begun runs to its end.
 
         `sampling`: overrides of the member's decoding for this request (`Sampling` fields: max_tokens, temperature,
         top_p, seed, stop, ignore_eos); the prompt and max_tokens must fit the member's context window.
-        `history`: a chat's system messages and earlier turns, (role, text), rendered before the question."""
+        `history`: a chat's system messages and earlier turns, (role, text), rendered before the question.
+        `answers`: the members' answers, anonymised and in the order to show: this request is this member's
+        synthesis as the council's chairman (council.prompts.chairman_messages)."""
         self._stats["requests"] += 1
         self._in_generate += 1
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling, history)
+            request = self._request(question, passages, sampling, history, answers)
             if self.batched:
                 if self.faulty is not None:
                     await self.faulty.admit()
@@ -132,6 +137,7 @@ class SpecialistServer:
         passages: Sequence[str],
         sampling: Mapping[str, Any] | None = None,
         history: Sequence[tuple[str, str]] = (),
+        answers: Sequence[str] | None = None,
     ) -> AsyncIterator[EngineDelta]:
         """`generate`, streamed: the answer's text as the engine produces it (call with
         `handle.options(stream=True)`). Each delta carries the new text; the last one has `finish_reason` and the
@@ -142,7 +148,7 @@ class SpecialistServer:
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling, history)
+            request = self._request(question, passages, sampling, history, answers)
             if self.batched and self.faulty is not None:
                 await self.faulty.admit()
             deltas = self.engine.stream(request)
@@ -166,10 +172,12 @@ class SpecialistServer:
         passages: Sequence[str],
         sampling: Mapping[str, Any] | None,
         history: Sequence[tuple[str, str]],
+        answers: Sequence[str] | None = None,
     ) -> EngineRequest:
         try:
             turns = [(str(role), str(text)) for role, text in history]
-            return self.specialist.request(question, passages, turns, **dict(sampling or {}))
+            shown = None if answers is None else [str(a) for a in answers]
+            return self.specialist.request(question, passages, turns, answers=shown, **dict(sampling or {}))
         except (TypeError, ValueError) as e:  # an unknown field, or a value Sampling refuses
             raise InvalidRequest(f"specialist {self.config.name}: bad sampling {dict(sampling or {})}: {e}") from None
 
@@ -226,10 +234,11 @@ class SpecialistServer:
     def stats(self) -> dict[str, int]:
         """Counters of this replica: requests (streams among them), errors, cancelled, batches run by us and the
         largest one (0 for an engine that batches itself), answers embedded, the CPU milliseconds its worker
-        threads spent generating (transformers) and embedding answers, and `running`: the requests the engine
-        holds right now."""
+        threads spent generating (transformers) and embedding answers, `running`: the requests the engine
+        holds right now, and the engine's own counters (openai: attempts, retries, remote_errors)."""
         return {
             **self._stats,
+            **getattr(self.base_engine, "counters", {}),
             "generate_cpu_ms": int(getattr(self.base_engine, "cpu_ms", 0)),
             "running": self.engine.num_running(),
         }

@@ -41,7 +41,8 @@ def test_every_yaml_parses(path: Path) -> None:
 def test_the_expected_files_are_there() -> None:
     names = {str(p.relative_to(CLUSTERS)) for p in YAMLS}
     assert {
-        "local.yaml", "aws-gpu.yaml", "council-gpu.yaml", "serve-gpu.yaml", "kuberay/rayservice.yaml",
+        "local.yaml", "remote.yaml", "remote-council.yaml",
+        "aws-gpu.yaml", "council-gpu.yaml", "serve-gpu.yaml", "kuberay/rayservice.yaml",
         "kuberay/rayjob-batch.yaml", "kuberay/rayjob-eval.yaml", "kuberay/chroma.yaml",
     } <= names
     readme = (CLUSTERS / "README.md").read_text()
@@ -86,11 +87,35 @@ def council_of(app: dict[str, Any], where: str) -> CouncilConfig:
     return CouncilConfig.from_yaml(path)
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "serve-gpu.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "serve-gpu.yaml", "remote.yaml"])
 def test_serve_configs_hold_a_valid_council(name: str) -> None:
     path = CLUSTERS / name
     for app in serve_apps(path, docs(path)[0]):
         council_of(app, str(path))
+
+
+def test_the_remote_council_mixes_remote_and_local_members_under_a_chairman() -> None:
+    (app,) = serve_apps(CLUSTERS / "remote.yaml", docs(CLUSTERS / "remote.yaml")[0])
+    config = council_of(app, "remote.yaml")
+    assert sorted(s.engine for s in config.specialists) == ["openai", "openai", "transformers"]
+    assert config.aggregator.chairman is not None and config.aggregator.chairman.member == "legal-1"
+    for spec in config.specialists:
+        assert "api_key" not in spec.engine_options  # keys live in the environment (api_key_env), never here
+
+
+def test_the_plain_chat_template_renders_the_demo_prompt() -> None:
+    """`vllm serve --chat-template clusters/plain-chat.jinja` of a demo checkpoint sees what a local member sees."""
+    from council.backends.tokens import load_tokenizer_counter
+
+    config = CouncilConfig.from_yaml(CLUSTERS / "remote-council.yaml").specialist("legal-1")
+    tokens = load_tokenizer_counter(config)
+    template = (CLUSTERS / "plain-chat.jinja").read_text()
+    question, passages = "what is the penalty under the kavo act ?", ["the kavo act carries a fine ."]
+    for history in ((), (("system", "be brief"),), (("user", "hello"), ("assistant", "hi"))):
+        messages = tokens.render_messages(question, passages, history)
+        rendered = tokens.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+        local = tokens.render_prompt(question, passages, history)
+        assert rendered == local, (history, rendered, local)
 
 
 def test_serve_gpu_deploys_the_gpu_council() -> None:
