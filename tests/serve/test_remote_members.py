@@ -1,14 +1,14 @@
 """Remote members (engine: openai) and a chairman, on the session's Serve, against real OpenAI-compatible servers on
-loopback: a second council app (the project's own /v1/chat/completions over a tiny transformers model) and the
-scripted server (council.testing.scripted_openai, a real process that fails, rate-limits, hangs and refuses keys on
-cue and counts every attempt where it arrives).
+loopback: the project's own /v1/chat/completions, and the scripted server (council.testing.scripted_openai, a real
+process that fails, rate-limits, hangs and refuses keys on cue and counts every attempt where it arrives).
 
-The remote app's members: `far-a` (the upstream app's specialist; its budget counted with that model's own HF
-tokenizer), `near` (a local transformers member), `lyra` (scripted), `wrongkey` (scripted, with the wrong key), and
-`orion` (the chairman, also a member) with `vega` as its fallback (both scripted). The scripted members count their
-budgets with tiktoken's o200k_base where litellm's bundled copy is there (offline), which also keeps their
-replicas free of torch and transformers. Each app runs under its own name and route prefix and is deleted at the
-end of the module.
+The app's members: `near` (a local transformers member); `far-a`, a remote member whose endpoint is this very app's
+OpenAI route, model `near` (a specialist asked alone there: no recursion) — a real OpenAI-compatible server without
+deploying a second app, which on two cores would cost four more replicas that load torch and MiniLM; its budget is
+counted with near's own HF tokenizer. Then `lyra` (scripted), `wrongkey` (scripted, with the wrong key), and `orion`
+(the chairman, also a member) with `vega` as its fallback (both scripted). The scripted members count their
+budgets with tiktoken's o200k_base where litellm's bundled copy is there (offline), which also keeps their replicas
+free of torch and transformers. The app runs under its own name and route prefix and is deleted at the end.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ TIKTOKEN_DIR = _bundled_tiktoken()
 if TIKTOKEN_DIR is not None:
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", TIKTOKEN_DIR)
 
-UPSTREAM, REMOTE = "council_upstream", "council_remote"
+REMOTE = "council_remote"
 MEMBER_TIMEOUT_S = 4.0
 QUESTION = "what does the court decide ?"
 DOC = {"text": "the court decides that the contract is void .", "source": "ruling.txt"}
@@ -79,52 +79,37 @@ def scripted() -> Iterator[ScriptedServer]:
 
 
 @pytest.fixture(scope="module")
-def apps(
+def remote_app(
     serve_url: str, tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedServer
-) -> Iterator[dict[str, App]]:
+) -> Iterator[App]:
     from ray import serve
 
     from council.serving.app import build_app
 
-    tmp = tmp_path_factory.mktemp("remote")
-    upstream = council_config(tiny_models[:1], tmp / "upstream-store", {"oracle": "court rulings"})
-    upstream["aggregator"]["answers_embedded_by"] = "ingress"
-    up = f"{serve_url}/upstream/v1"
     keyed = {"api_key_env": KEY_ENV}
     tok = "tiktoken:o200k_base" if os.environ.get("TIKTOKEN_CACHE_DIR") else tiny_models[0]
     members = [
-        _remote("far-a", up, "oracle", tiny_models[0]),
+        _remote("far-a", f"{serve_url}/remote/v1", "near", tiny_models[1]),
         _remote("lyra", scripted.url, "m-lyra", tok, **keyed),
         _remote("wrongkey", scripted.url, "m-wrong", tok, api_key_env=WRONG_ENV),
         _remote("orion", scripted.url, "m-orion", tok, max_retries=0, **keyed),
         _remote("vega", scripted.url, "m-vega", tok, max_retries=0, **keyed),
     ]
-    remote = council_config(tiny_models[1:2], tmp / "remote-store", {"near": "local rulings"})
-    remote["specialists"] += members
-    remote["router"]["member_timeout_s"] = MEMBER_TIMEOUT_S
-    remote["aggregator"] |= {
+    config = council_config(tiny_models[1:2], tmp_path_factory.mktemp("remote") / "store", {"near": "local rulings"})
+    config["specialists"] += members
+    config["router"]["member_timeout_s"] = MEMBER_TIMEOUT_S
+    config["aggregator"] |= {
         "answers_embedded_by": "ingress",
         "agreement_threshold": 0.6,
         "chairman": {"member": "orion", "fallback": ["vega"]},  # a chairman may also be a member
     }
     t0 = time.perf_counter()
-    serve.run_many(
-        [
-            serve.RunTarget(build_app({"config_dict": upstream}), name=UPSTREAM, route_prefix="/upstream"),
-            serve.RunTarget(build_app({"config_dict": remote}), name=REMOTE, route_prefix="/remote"),
-        ]
-    )
-    print(f"\nupstream and remote councils deployed in {time.perf_counter() - t0:.1f}s")  # shown with -s
+    serve.run(build_app({"config_dict": config}), name=REMOTE, route_prefix="/remote")
+    print(f"\ncouncil with remote members deployed in {time.perf_counter() - t0:.1f}s")  # shown with -s
     try:
-        yield {"upstream": App(UPSTREAM, f"{serve_url}/upstream"), "remote": App(REMOTE, f"{serve_url}/remote")}
+        yield App(REMOTE, f"{serve_url}/remote")
     finally:
         serve.delete(REMOTE)
-        serve.delete(UPSTREAM)
-
-
-@pytest.fixture(scope="module")
-def remote_app(apps: dict[str, App]) -> App:
-    return apps["remote"]
 
 
 def _ask(app: App, *members: str, **body: Any) -> dict[str, Any]:
@@ -148,25 +133,19 @@ def _stats(name: str) -> dict[str, int]:
 
 
 def test_two_remote_members_and_a_local_one_answer_over_http_and_handle(
-    apps: dict[str, App], tiny_models: list[Path], scripted: ScriptedServer
+    remote_app: App, tiny_models: list[Path], scripted: ScriptedServer
 ) -> None:
     from ray import serve
 
     scripted.script("m-lyra", default={"text": "the contract is void"})
-    answer = _ask(apps["remote"], "far-a", "lyra", "near", synthesis=False)
+    answer = _ask(remote_app, "far-a", "lyra", "near", synthesis=False)
     members = _members(answer)
     assert set(members) == {"far-a", "lyra", "near"} and all(m["error"] is None for m in members.values()), members
     # Each remote member's answer is what its server returned for the messages it sent.
-    tokens = load_tokenizer_counter(SpecialistConfig.model_validate(_remote("x", "http://u", "m", tiny_models[0])))
-    messages = tokens.render_messages(QUESTION, [DOC["text"]])
-    upstream = openai.OpenAI(base_url=apps["upstream"].url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    direct = upstream.chat.completions.create(
-        model="oracle",
-        messages=messages,
-        max_tokens=8,
-        temperature=0,
-        stop=["\n"],  # type: ignore[arg-type]
-    )
+    tokens = load_tokenizer_counter(SpecialistConfig.model_validate(_remote("x", "http://u", "m", tiny_models[1])))
+    messages: Any = tokens.render_messages(QUESTION, [DOC["text"]])
+    server = openai.OpenAI(base_url=remote_app.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    direct = server.chat.completions.create(model="near", messages=messages, max_tokens=8, temperature=0, stop=["\n"])
     assert members["far-a"]["answer"] == (direct.choices[0].message.content or "").strip()
     assert members["far-a"]["prompt_tokens"] > 0
     assert members["lyra"]["answer"] == "the contract is void"
@@ -283,7 +262,7 @@ def test_the_chairmans_synthesis_comes_with_the_members_answers_and_agreement(
         f"<answer B> the contract is void </answer>\nquestion : {QUESTION}"
     )
     seen = system["content"] + user["content"]
-    assert not [n for n in (*NAMES, "m-lyra", "m-orion", "oracle") if n in seen], seen
+    assert not [n for n in (*NAMES, "m-lyra", "m-orion") if n in seen], seen
 
 
 def test_a_failing_chairman_falls_back_and_with_none_left_the_vote_is_marked(

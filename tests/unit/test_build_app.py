@@ -91,3 +91,19 @@ def test_a_members_health_check_settings_reach_serve(tmp_path: Path) -> None:
         for name, d in ((n, a._bound_deployment._deployment_config) for n, a in specialists.items())
     }
     assert checks == {"physics": (1.0, 10.0), "history": (10.0, 30.0), "finance": (10.0, 30.0)}
+
+
+def test_a_remote_member_is_a_cheap_self_batching_deployment(tmp_path: Path) -> None:
+    """engine: openai: an async replica (its client on the replica's loop), many requests in (the engine bounds
+    what is at the endpoint), no GPU, and no answer embedder of its own (the ingress embeds its answers)."""
+    config = _config(tmp_path)
+    config["specialists"][0] |= {
+        "engine": "openai", "model": "gpt-x", "tokenizer": str(tmp_path / "tok"), "context_window": 4096,
+        "engine_options": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "SOME_KEY"},
+    }  # fmt: skip
+    _, specialists = build_app({"config_dict": config})._bound_deployment.init_args[:2]
+    remote, local = specialists["physics"]._bound_deployment, specialists["history"]._bound_deployment
+    assert remote.func_or_class.__name__ == "AsyncSpecialistServer"
+    assert remote._deployment_config.max_ongoing_requests == 256 and remote.ray_actor_options["num_gpus"] == 0
+    assert remote.init_kwargs["answer_embedder"] is None and local.init_kwargs["answer_embedder"] == ""
+    assert set(remote.init_args[0]["engine_options"]) == {"base_url", "api_key_env"}  # the variable's name only

@@ -267,3 +267,22 @@ def test_the_chairmans_prompt_fences_the_answers_as_data_before_the_question() -
     )
     plain = chairman_prompt(TEMPLATES["qa"], "capital ?", [], answers[:1])
     assert plain == f"{CHAIRMAN_SYSTEM}\n<no passages>\n<answer A> paris </answer>\nquestion : capital ?\nanswer :"
+
+
+def test_the_cli_shows_who_wrote_the_synthesis_and_why_one_failed() -> None:
+    from rich.console import Console
+
+    from council.render import render_answer
+    from council.types import Synthesis
+
+    member = MemberAnswer("m0", 0.5, answer="paris")
+    synthesis = Synthesis("Paris, the capital", "chair", 0.25, voted_answer="paris", labels={"A": "m0"})
+    out = Console(record=True, width=160)
+    render_answer(
+        CouncilAnswer("q", "Paris, the capital", 1.0, 0.0, False, False, (member,), synthesis=synthesis), out=out
+    )
+    render_answer(
+        CouncilAnswer("q", "paris", 1.0, 0.0, False, True, (member,), synthesis_failed="chair: boom"), out=out
+    )
+    text = out.export_text()
+    assert "synthesis by chair (250 ms; voted: paris)" in text and "synthesis failed chair: boom" in text
