@@ -218,8 +218,8 @@ def read_parquet(
         names = parquet.schema_arrow.names
         if "text" not in names:
             details = {"file": str(path), "column": "text", "columns": names}
-            columns = ", ".join(names) or "none"
-            raise BadInputFile(f"{path}: missing required column 'text' (columns: {columns})", details=details)
+            listed = ", ".join(names) or "none"
+            raise BadInputFile(f"{path}: missing required column 'text' (columns: {listed})", details=details)
         wanted = [n for n in ("text", "source", "domain", "tenant") if n in names]
         batches = parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=wanted)
         i = 0
