@@ -30,6 +30,7 @@ from council.types import Generation
 
 if TYPE_CHECKING:
     from council.backends.tokens import TokenizerCounter
+    from council.config import SpecialistConfig
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 FinishReason = Literal["stop", "length", "abort"]
@@ -205,6 +206,30 @@ class Engine(Protocol):
     def info(self) -> dict[str, Any]:
         """Kind, model, device and token limits, for `/v1/models`-like listings and logs."""
         ...
+
+
+class ConfiguredEngine:
+    """What every engine built from a member's config shares: its tokenizer view (the tokenizer and model config,
+    loaded on first use, never the weights), the context window, and the configured decoding."""
+
+    config: SpecialistConfig
+    _counter: TokenizerCounter | None = None
+
+    @property
+    def tokens(self) -> TokenizerCounter:
+        if self._counter is None:
+            from council.backends.tokens import load_tokenizer_counter
+
+            self._counter = load_tokenizer_counter(self.config)
+        return self._counter
+
+    @property
+    def context_window(self) -> int:
+        return self.tokens.context_window
+
+    @property
+    def default_sampling(self) -> Sampling:
+        return Sampling.from_generation(self.config.generation)
 
 
 def render_chat(tokens: TokenizerCounter, messages: Sequence[Mapping[str, str]]) -> str:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from council.backends.engine import (
+    ConfiguredEngine,
     Engine,
     EngineDead,
     EngineDelta,
@@ -70,7 +71,7 @@ class _LoopStreamer:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
 
 
-class TransformersEngine:
+class TransformersEngine(ConfiguredEngine):
     """`Engine` over a `TransformersSpecialist` (HF `generate`, left-padded batches)."""
 
     kind = "transformers"
@@ -127,21 +128,8 @@ class TransformersEngine:
 
     @property
     def tokens(self) -> TokenizerCounter:
-        if self._model is not None:
-            return self._model
-        if self._counter is None:  # before start: the tokenizer alone (no weights)
-            from council.backends.tokens import load_tokenizer_counter
-
-            self._counter = load_tokenizer_counter(self.config)
-        return self._counter
-
-    @property
-    def context_window(self) -> int:
-        return self.tokens.context_window
-
-    @property
-    def default_sampling(self) -> Sampling:
-        return Sampling.from_generation(self.config.generation)
+        # Once loaded, the model is its own counter; before start, the tokenizer alone (no weights).
+        return self._model if self._model is not None else super().tokens
 
     def info(self) -> dict[str, Any]:
         m = self._model

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from council.backends.engine import (
+    ConfiguredEngine,
     Engine,
     EngineDead,
     EngineDelta,
     EngineOutput,
     EngineRequest,
     FinishReason,
-    Sampling,
     parse_options,
 )
 from council.backends.retry import RETRY_STATUSES, Backoff, WaitTooLong, retry_after
@@ -77,7 +77,7 @@ def _finish(reason: str | None) -> FinishReason:
     return "length" if reason == "length" else "abort" if reason == "abort" else "stop"
 
 
-class OpenAIEngine:
+class OpenAIEngine(ConfiguredEngine):
     """`Engine` over an OpenAI-compatible endpoint; `await start()` opens the client (no call to the endpoint)."""
 
     kind = "openai"
@@ -153,22 +153,6 @@ class OpenAIEngine:
         self._client = None
 
     # -- what the council reads -------------------------------------------------------------------------------
-
-    @property
-    def tokens(self) -> TokenizerCounter:
-        if self._counter is None:
-            from council.backends.tokens import load_tokenizer_counter
-
-            self._counter = load_tokenizer_counter(self.config)
-        return self._counter
-
-    @property
-    def context_window(self) -> int:
-        return self.tokens.context_window
-
-    @property
-    def default_sampling(self) -> Sampling:
-        return Sampling.from_generation(self.config.generation)
 
     def info(self) -> dict[str, Any]:
         o = self.options

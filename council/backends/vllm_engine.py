@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from council.backends.engine import (
+    ConfiguredEngine,
     Engine,
     EngineDead,
     EngineDelta,
@@ -112,7 +113,7 @@ def _finish_reason(reason: str | None) -> FinishReason:
     return "abort" if reason == "abort" else "length" if reason == "length" else "stop"
 
 
-class VLLMEngine:
+class VLLMEngine(ConfiguredEngine):
     """`Engine` over vLLM's `AsyncLLM`; started with `await start()`."""
 
     kind = "vllm"
@@ -229,22 +230,6 @@ class VLLMEngine:
             engine.shutdown()
 
     # -- what the council reads -------------------------------------------------------------------------------
-
-    @property
-    def tokens(self) -> TokenizerCounter:
-        if self._counter is None:
-            from council.backends.tokens import load_tokenizer_counter
-
-            self._counter = load_tokenizer_counter(self.config)
-        return self._counter
-
-    @property
-    def context_window(self) -> int:
-        return self.tokens.context_window
-
-    @property
-    def default_sampling(self) -> Sampling:
-        return Sampling.from_generation(self.config.generation)
 
     def info(self) -> dict[str, Any]:
         return {
