@@ -14,6 +14,7 @@ from council.errors import CouncilError, Overloaded, Unreachable
 from council.types import (
     AskRequest,
     CouncilAnswer,
+    DeliberationEvent,
     Document,
     MemberAnswer,
     MemberDelta,
@@ -28,7 +29,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # Every AskRequest field but the question (and a chat's conversation) is a per-request option of `ask`.
 OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AskRequest)) - {"question", "conversation"}
 # What `Client.astream` yields.
-StreamEvent = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
+StreamEvent = DeliberationEvent
 
 
 def _error_types() -> dict[str, type[CouncilError]]:

@@ -23,11 +23,10 @@ from council.types import (
     Chunk,
     Conversation,
     CouncilAnswer,
+    DeliberationEvent,
     Generation,
     MemberAnswer,
     MemberDelta,
-    RouteDecision,
-    SynthesisDelta,
     TrimReport,
 )
 from council.validation import validate
@@ -37,7 +36,7 @@ __all__ = ["Council", "Emit", "Event", "validate"]  # validate: defined in counc
 # What a deliberation yields as it happens (see Council.deliberate): the route chosen, pieces of a member's
 # answer (when streaming tokens), each member's answer as it lands, pieces of the chairman's synthesis (when one
 # is configured), and last the council's answer.
-Event = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
+Event = DeliberationEvent
 Emit = Callable[[Event], None]
 
 

@@ -229,3 +229,9 @@ class CouncilAnswer:
             synthesis=Synthesis.from_dict(d["synthesis"]) if d.get("synthesis") else None,
             synthesis_failed=d.get("synthesis_failed"),
         )
+
+
+# What a deliberation yields as it happens (council.pipeline.Council.deliberate, Client.astream): the route
+# chosen, pieces of a member's answer or of the chairman's synthesis, each member's answer as it lands, and last the
+# council's answer.
+DeliberationEvent = RouteDecision | MemberDelta | MemberAnswer | SynthesisDelta | CouncilAnswer
