@@ -60,7 +60,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy council
 	$(VENV)/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 
+# The framework against accelerator-like members (simulated engine: issue 17's targets), then the real-model rows.
 bench: $(STAMP)
+	$(PY) bench/framework.py
 	$(PY) bench/overhead.py
 
 clean:

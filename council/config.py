@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from council.engine_options import ENGINE_OPTIONS
+from council.engine_options import ENGINE_OPTIONS, refuse_simulated
 from council.errors import ConfigError, CouncilError
 
 M = TypeVar("M", bound=BaseModel)
@@ -90,12 +90,13 @@ class SpecialistConfig(_Model):
     )
     prompt_template: str | None = Field(None, description="Name of a prompt template in council.prompts.")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Serve options.")
-    engine: Literal["transformers", "vllm", "openai"] = Field(
+    engine: Literal["transformers", "vllm", "openai", "simulated"] = Field(
         "transformers",
         description="What runs the model: in-process Hugging Face `generate`, batched by the server "
         "(transformers), vLLM's async engine, which batches continuously itself (vllm; `make vllm` on CPU), or "
         "any OpenAI-compatible endpoint (openai: `vllm serve`, Ray Serve LLM, TGI, Ollama, a hosted API; `model` is "
-        "then the name that endpoint serves, and `tokenizer` and `context_window` are required).",
+        "then the name that endpoint serves, and `tokenizer` and `context_window` are required). simulated: an "
+        "accelerator-like stand-in for benchmarks and tests (refused unless COUNCIL_ALLOW_SIMULATED_ENGINE=1).",
     )
     engine_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -359,7 +360,9 @@ class CouncilConfig(_Model):
             raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        return cls.from_dict(resolve_paths(data, p.parent), source=str(p))
+        config = cls.from_dict(resolve_paths(data, p.parent), source=str(p))
+        refuse_simulated(((s.name, s.engine) for s in config.specialists), str(p))
+        return config
 
 
 def resolve_paths(data: Any, base: Path) -> Any:

@@ -6,12 +6,25 @@ The engines (`council.backends.hf_engine`, `council.backends.vllm_engine`) read 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ENGINE_KINDS", "ENGINE_OPTIONS", "OpenAIOptions", "TransformersOptions", "VLLMOptions"]
+from council.errors import ConfigError
+
+__all__ = [
+    "ALLOW_SIMULATED_ENV",
+    "ENGINE_KINDS",
+    "ENGINE_OPTIONS",
+    "OpenAIOptions",
+    "SimulatedOptions",
+    "TransformersOptions",
+    "VLLMOptions",
+    "refuse_simulated",
+]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -119,10 +132,42 @@ class OpenAIOptions(BaseModel):
         return v
 
 
+class SimulatedOptions(BaseModel):
+    """`engine_options` of the simulated engine (`council.backends.simulated`): an accelerator-like member for
+    benchmarks and tests, answering after `base_s + per_request_s * batch + per_token_s * tokens` seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_s: float = Field(0.2, ge=0, description="Seconds every batch takes, whatever its size (a forward pass).")
+    per_request_s: float = Field(0.0, ge=0, description="Seconds each request of a batch adds.")
+    per_token_s: float = Field(0.0, ge=0, description="Seconds each generated token adds (the batch's longest).")
+    max_batch: int = Field(32, ge=1, le=4096, description="Most requests one batch takes; the rest wait.")
+    completion_tokens: int | None = Field(
+        None, ge=1, description="Tokens each answer counts as generated (default: the request's max_tokens)."
+    )
+    answer: str | None = Field(None, description="Every answer's text (default: a word drawn from the prompt's hash).")
+    per_member_answers: bool = Field(False, description="Draw each member's answer with its name: they disagree.")
+
+
+ALLOW_SIMULATED_ENV = "COUNCIL_ALLOW_SIMULATED_ENGINE"
+
+
+def refuse_simulated(members: Iterable[tuple[str, str]], source: str) -> None:
+    """Refuse (name, engine) members on the simulated engine unless ALLOW_SIMULATED_ENV=1: it answers without a
+    model, and a council YAML or Serve app that names it by mistake would serve made-up answers."""
+    fake = [name for name, engine in members if engine == "simulated"]
+    if fake and os.environ.get(ALLOW_SIMULATED_ENV) != "1":
+        raise ConfigError(
+            f"{source}: specialists {fake}: engine: simulated answers without a model (benchmarks and tests only); "
+            f"set {ALLOW_SIMULATED_ENV}=1 to allow it"
+        )
+
+
 # The engine kinds a member may name (`engine:` in its config) and the options model of each.
 ENGINE_OPTIONS: dict[str, type[BaseModel]] = {
     "transformers": TransformersOptions,
     "vllm": VLLMOptions,
     "openai": OpenAIOptions,
+    "simulated": SimulatedOptions,
 }
 ENGINE_KINDS = tuple(ENGINE_OPTIONS)

@@ -29,10 +29,10 @@ def build_local_council(
     embedder = get_batched_embedder(config.retrieval.embedder)
     members = dict(specialists or {})
     for spec in config.specialists:
-        if spec.name not in members and spec.engine == "openai":
+        if spec.name not in members and spec.engine in ("openai", "simulated"):
             raise ConfigError(
-                f"specialist {spec.name}: engine: openai members run in the Serve app (`serve run`, `council serve`); "
-                "the in-process council loads local models only"
+                f"specialist {spec.name}: engine: {spec.engine} members run in the Serve app (`serve run`, "
+                "`council serve`); the in-process council loads local models only"
             )
         if spec.name not in members:
             log.info("loading specialist %s from %s", spec.name, spec.model)

@@ -28,4 +28,8 @@ def build_engine(
         from council.backends.openai_engine import OpenAIEngine
 
         return OpenAIEngine(config, options)
+    if kind == "simulated":
+        from council.backends.simulated import SimulatedEngine
+
+        return SimulatedEngine(config, options)
     raise ConfigError(f"specialist {config.name}: engine: unknown engine {kind!r}; known: {list(ENGINE_KINDS)}")

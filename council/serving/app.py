@@ -12,6 +12,7 @@ from ray.serve import Application
 
 from council.backends.faulty import Faults
 from council.config import CouncilConfig, SpecialistConfig, format_validation_error
+from council.engine_options import refuse_simulated
 from council.errors import ConfigError
 from council.serving.aggregator import AggregatorServer
 from council.serving.ingress import RouterIngress
@@ -74,7 +75,7 @@ def load_config(args: AppArgs) -> CouncilConfig:
 # A member whose engine batches continuously (vLLM), or whose model is remote (openai: its engine bounds what is in
 # flight at the endpoint, engine_options.max_concurrency), takes many requests at once.
 SELF_BATCHING_MAX_ONGOING = 256
-SELF_BATCHING_ENGINES = ("vllm", "openai")
+SELF_BATCHING_ENGINES = ("vllm", "openai", "simulated")
 
 
 def _replica_options(spec: SpecialistConfig) -> dict[str, Any]:
@@ -112,7 +113,8 @@ def _specialist(spec: SpecialistConfig, fault: Faults | None, config: CouncilCon
     server = SpecialistServer if spec.engine == "transformers" else AsyncSpecialistServer
     deployment: Any = serve.deployment(server, name=specialist_deployment_name(spec.name), **options)
     # A remote member's replica stays cheap (no torch model, no embedder): the ingress embeds its answers.
-    embed = config.aggregator.answers_embedded_by == "members" and spec.engine != "openai"
+    # A simulated member holds no CPU while it "generates", as a GPU member: the ingress embeds its answers too.
+    embed = config.aggregator.answers_embedded_by == "members" and spec.engine not in ("openai", "simulated")
     return deployment.bind(
         spec.model_dump(mode="json"),
         fault.model_dump(exclude_unset=True) if fault else None,
@@ -132,6 +134,7 @@ def build_app(args: dict[str, Any]) -> Application:
     except ValidationError as e:
         raise ConfigError(f"build_app args: {format_validation_error(e)}") from None
     config = load_config(app_args)
+    refuse_simulated(((s.name, s.engine) for s in config.specialists), "build_app")
     names = [s.name for s in config.specialists]
     unknown = sorted(set(app_args.faults) - set(names))
     if unknown:
