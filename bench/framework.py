@@ -120,6 +120,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
     names = [f"m{i}" for i in range(args.k)]
     config = simulated_config(args, work / "chroma", names, None)
     early = simulated_config(args, work / "chroma-early", ["fast0", "fast1", "slow"], "slow")
+    # The same council with trimming and agreement in the ingress process: measured side by side, kept if it pays.
+    local = simulated_config(args, work / "chroma-local", names, None)
+    local["aggregator"] = {"placement": "ingress"}
     member = {"max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.1}}
     noop_members = [serve.deployment(NoopMember, name=f"noop{i}", **member).bind() for i in range(args.k)]  # type: ignore
     noop = serve.deployment(NoopIngress, name="NoopIngress", max_ongoing_requests=400,  # type: ignore[arg-type]
@@ -129,12 +132,14 @@ def run(args: argparse.Namespace, work: Path) -> int:
         serve.RunTarget(build_app({"config_dict": config}), name="council", route_prefix="/"),
         serve.RunTarget(noop, name="noop", route_prefix="/noop"),
         serve.RunTarget(build_app({"config_dict": early}), name="early", route_prefix="/early"),
+        serve.RunTarget(build_app({"config_dict": local}), name="local", route_prefix="/local"),
     ])  # fmt: skip
     print(f"deployed the simulated council, the no-op floor and the straggler council in "
           f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
 
     url = f"http://127.0.0.1:{args.port}"
     http, handle, early_client = Client(url), Client.connect("council"), Client.connect("early")
+    local_http, local_handle = Client(f"{url}/local"), Client.connect("local")
     noop_http, noop_handle = httpx.Client(timeout=60), serve.get_app_handle("noop")
     opts = ask_options(config)
     specs = CouncilConfig.model_validate(config).specialists
@@ -153,6 +158,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
     lat: dict[str, list[float]] = {}
     lat["council, HTTP"] = sample(lambda q: http.ask(q, **opts), qs[:n], args.warmup)
     lat["council, handle"] = sample(lambda q: handle.ask(q, **opts), qs[n : 2 * n], args.warmup)
+    lat["council, aggregator in the ingress, HTTP"] = sample(
+        lambda q: local_http.ask(q, **opts), qs[4 * n : 5 * n], args.warmup
+    )
+    lat["council, aggregator in the ingress, handle"] = sample(
+        lambda q: local_handle.ask(q, **opts), qs[5 * n : 6 * n], args.warmup
+    )
     lat["no-op floor, HTTP"] = sample(
         lambda q: noop_http.post(f"{url}/noop/v1/council", json={"question": q}).raise_for_status(), qs[:n], args.warmup
     )
@@ -176,22 +187,31 @@ def run(args: argparse.Namespace, work: Path) -> int:
     serve.delete("early")  # idle replicas still cost CPU (health checks, metrics): the load cells need none
     print("latency rows done", flush=True)
 
-    fresh = itertools.cycle(qs[4 * n :])
+    fresh = itertools.cycle(qs[6 * n :])
     thr: dict[tuple[str, int], float] = {}
     cpu: dict[tuple[str, int], dict[str, float]] = {}
 
     async def council(q: str) -> Any:
         return await handle.aask(q, **opts)
 
+    async def council_local(q: str) -> Any:
+        return await local_handle.aask(q, **opts)
+
     async def floor(q: str) -> Any:
         return await noop_handle.ask.remote({"question": q})
 
     for c in args.clients:
-        for label, ask in (("council", council), ("members directly", members_directly), ("no-op floor", floor)):
+        cells = (
+            ("council", council, "council"),
+            ("council, aggregator in the ingress", council_local, "local"),
+            ("members directly", members_directly, "noop"),
+            ("no-op floor", floor, "noop"),
+        )
+        for label, ask, app in cells:
             loop.run_until_complete(warm_up(ask, fresh, c))
             before = cpu_seconds()
             thr[(label, c)] = loop.run_until_complete(throughput(ask, fresh, c, args.load, warm=False))
-            cpu[(label, c)] = cpu_roles(before, cpu_seconds(), "council" if label == "council" else "noop")
+            cpu[(label, c)] = cpu_roles(before, cpu_seconds(), app)
         print(f"  {c} clients: " + ", ".join(f"{label} {thr[(label, c)]:.1f} q/s" for label, _ in thr if _ == c))
     for e in (*direct, *fast):
         loop.run_until_complete(e.shutdown())
@@ -251,6 +271,14 @@ def report(
     for c in args.clients:
         r = per_q[("council", c)] / per_q[("no-op floor", c)]
         print(f"| 3. CPU per question, council / no-op floor, {c} clients | {r:.2f}× | ≤ 2× | {verdict(r <= 2)} |")
+    for transport in ("HTTP", "handle"):
+        r = med[f"council, aggregator in the ingress, {transport}"] / med[f"council, {transport}"]
+        print(f"| (the cut) aggregator in the ingress / its own deployment, p50 by {transport} | {r:.2f}× | | |")
+    for c in args.clients:
+        r = thr[("council, aggregator in the ingress", c)] / thr[("council", c)]
+        q = per_q[("council, aggregator in the ingress", c)] / per_q[("council", c)]
+        print(f"| (the cut) aggregator in the ingress / its own deployment, {c} clients: throughput | {r:.2f}× "
+              f"(CPU per question {q:.2f}×) | | |")  # fmt: skip
     straggler = med[f"straggler council ({args.straggler:g}x slower member), early exit on"]
     r = straggler / med["the 2 fast members directly"]
     print(f"| 4. early exit, one member {args.straggler:g}× slower: p50 / the fast members' p50 (slow member "

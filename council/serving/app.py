@@ -155,13 +155,15 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": config.retrieval.num_cpus},
         **shared,
     ).bind(config.retrieval.model_dump(mode="json"))
-    aggregator = deploy(
-        AggregatorServer,
-        name=AGGREGATOR,
-        num_replicas=1,
-        ray_actor_options={"num_cpus": config.aggregator.num_cpus},
-        **shared,
-    ).bind(config.model_dump(mode="json"))
+    aggregator = None
+    if config.aggregator.placement == "deployment":
+        aggregator = deploy(
+            AggregatorServer,
+            name=AGGREGATOR,
+            num_replicas=1,
+            ray_actor_options={"num_cpus": config.aggregator.num_cpus},
+            **shared,
+        ).bind(config.model_dump(mode="json"))
     ingress_actor: dict[str, Any] = {"num_cpus": router.num_cpus}
     if app_args.env:
         ingress_actor["runtime_env"] = {"env_vars": dict(app_args.env)}

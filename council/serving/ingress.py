@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.handle import DeploymentHandle
 
+    from council.protocols import Aggregator
+
 log = logging.getLogger(__name__)
 STATUS_TTL_S = 2.0
 
@@ -43,8 +45,10 @@ class RouterIngress:
         config: dict[str, Any],
         specialists: dict[str, DeploymentHandle],
         retriever: DeploymentHandle,
-        aggregator: DeploymentHandle,
+        aggregator: DeploymentHandle | None,
     ) -> None:
+        """`aggregator`: the AggregatorServer's handle, or None to trim and aggregate in this process
+        (`aggregator.placement: ingress`)."""
         from council.backends.embeddings import get_batched_embedder
 
         self.config = CouncilConfig.model_validate(config)
@@ -60,9 +64,18 @@ class RouterIngress:
             self.config,
             embedder=self.embedder,
             specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
-            aggregator=HandleAggregator(aggregator),
+            aggregator=HandleAggregator(aggregator) if aggregator is not None else self._local_aggregator(),
             retriever=self.retriever,
         )
+
+    def _local_aggregator(self) -> Aggregator:
+        """Trimming and agreement in this process: every member's tokenizer (no weights), this ingress's embedder
+        (the answers share its batched passes with the questions)."""
+        from council.backends.tokens import load_tokenizer_counter
+        from council.local_aggregator import LocalAggregator
+
+        counters = {s.name: load_tokenizer_counter(s) for s in self.config.specialists}
+        return LocalAggregator(self.embedder, counters, self.config.aggregator)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
