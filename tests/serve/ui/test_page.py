@@ -67,7 +67,7 @@ def demo(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     entries = [table_entry("page-admin", ADMIN, ["*"], ["admin"]), table_entry("acme-reader", ACME, ["acme"], ["read"])]
     keys.write_text(yaml.safe_dump({"keys": entries}))
     world = demo_world()
-    questions = pick_questions(world, 1)
+    questions = pick_questions(world, 2)  # what `council demo` asks, and so offers on its page
     app = build_app(
         {"config_dict": _config(tmp / "store", [q.question for q in questions]), "env": {KEYS_FILE_ENV: str(keys)}}
     )
@@ -132,6 +132,17 @@ class Page:
     def verdict(self) -> None:
         self.until_visible("verdict")
 
+    def screenshot(self, path: Path) -> Path:
+        """The whole page as a PNG (the window stretched to the page's height for the shot)."""
+        width, height = self.driver.get_window_size().values()
+        full = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(width, max(height, full))
+        try:
+            self.driver.save_screenshot(str(path))
+        finally:
+            self.driver.set_window_size(width, height)
+        return path
+
 
 @pytest.fixture
 def page(browser: Any, demo: Demo) -> Page:
@@ -159,8 +170,7 @@ def test_a_question_fills_every_members_card_then_the_council_answers_with_its_a
     assert page.text("entropy") == f"{want['entropy']:.3f}"
     assert want["members"][0]["name"] in page.text("clusters")
     assert q.question in page.text("curl") and "/page/v1/council" in page.text("curl")
-    shot = tmp_path / "page.png"
-    page.driver.save_screenshot(str(shot))
+    shot = page.screenshot(tmp_path / "page.png")
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot: {shot}")
 
@@ -175,7 +185,7 @@ def test_an_unanswerable_question_shows_the_abstained_badge(page: Page, demo: De
     assert "abstained" in page.text("badges") and page.text("answer") == want["answer"]
 
 
-def test_a_pasted_document_is_a_source_the_members_read(page: Page, demo: Demo) -> None:
+def test_a_pasted_document_is_a_source_the_members_read(page: Page, demo: Demo, tmp_path: Path) -> None:
     q = demo.kind("fresh")
     gold = demo.documents[q.doc_id or ""]
     want = demo.ask({"question": q.question, "documents": [{"text": gold, "source": "pasted-1"}]}).json()
@@ -186,6 +196,7 @@ def test_a_pasted_document_is_a_source_the_members_read(page: Page, demo: Demo) 
     table = page.text("sources")
     assert "pasted-1 (this request)" in table and f"{want['sources'][0]['score']:.3f}" in table
     assert "kept" in table
+    print(f"\nscreenshot: {page.screenshot(tmp_path / 'sources.png')}")
 
 
 def test_an_empty_question_shows_the_apis_error_message(page: Page, demo: Demo) -> None:
@@ -216,3 +227,6 @@ def test_with_keys_configured_the_page_refuses_to_ask_without_one_and_lists_only
     options = page.find("tenant").find_elements("tag name", "option")
     assert [o.get_attribute("value") for o in options] == ["acme", "public"]
     assert page.driver.execute_script("return sessionStorage.getItem('council.key')") == ACME
+    page.find("forget").click()
+    page.until_visible("key-panel")
+    assert page.driver.execute_script("return sessionStorage.getItem('council.key')") is None
