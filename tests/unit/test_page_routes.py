@@ -118,3 +118,15 @@ def test_the_pages_files_ship_in_the_wheel() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["council"]
     shipped = {p for pattern in data for p in (ROOT / "council").glob(pattern) if p.is_file()}
     assert {STATIC / n for n in ("index.html", "page.js", "page.css")} <= shipped
+
+
+def test_the_demo_offers_the_questions_it_asks_as_the_pages_examples() -> None:
+    from council.demo.run import demo_setup, demo_world, pick_questions, with_examples
+
+    setup = demo_setup(None)
+    questions = pick_questions(demo_world(), 2)
+    offered = with_examples(setup, questions)
+    asked = [q.question for q in questions]
+    assert offered.config.http.examples == asked and offered.app_args["config_dict"]["http"]["examples"] == asked
+    assert offered.config.specialists == setup.config.specialists  # nothing else changes
+    assert with_examples(offered, questions[:1]) is offered  # a config's own examples win

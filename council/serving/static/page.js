@@ -131,17 +131,24 @@ function requestBody() {
   return body;
 }
 
+// A JSON value as a Python literal (JSON's string escapes are Python's too).
+function py(v) {
+  if (v === null || v === undefined) return "None";
+  if (typeof v === "boolean") return v ? "True" : "False";
+  if (Array.isArray(v)) return "[" + v.map(py).join(", ") + "]";
+  if (typeof v === "object") return "{" + Object.entries(v).map(([k, x]) => JSON.stringify(k) + ": " + py(x)).join(", ") + "}";
+  return JSON.stringify(v);
+}
+
 function snippets(body) {
   const url = location.origin + ROOT;
-  const auth = state.authRequired ? " -H 'Authorization: Bearer $COUNCIL_API_KEY'" : "";
+  const auth = state.authRequired ? ' -H "Authorization: Bearer $COUNCIL_API_KEY"' : "";
   const json = JSON.stringify(body).replace(/'/g, "'\\''");
   $("curl").textContent = "curl -s " + url + "/v1/council" + auth + " -d '" + json + "'";
   const { question, ...options } = body;
-  const args = [JSON.stringify(question)].concat(
-    Object.entries(options).map(([k, v]) => k + "=" + JSON.stringify(v).replace(/\btrue\b/g, "True")
-      .replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None")));
+  const args = [py(question)].concat(Object.entries(options).map(([k, v]) => k + "=" + py(v)));
   $("python").textContent = "from council import Client\n\n" +
-    "# the key: $COUNCIL_API_KEY, or Client(url, api_key=...)\n" +
+    (state.authRequired ? "# the key: $COUNCIL_API_KEY, or Client(url, api_key=...)\n" : "") +
     "answer = Client(" + JSON.stringify(url) + ").ask(" + args.join(", ") + ")\n" +
     "print(answer.answer, answer.agreement, answer.abstained)";
   $("snippets").hidden = false;

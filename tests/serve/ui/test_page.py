@@ -8,6 +8,10 @@ for the same request (greedy decoding: the same answer twice).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,7 +189,9 @@ def test_an_unanswerable_question_shows_the_abstained_badge(page: Page, demo: De
     assert "abstained" in page.text("badges") and page.text("answer") == want["answer"]
 
 
-def test_a_pasted_document_is_a_source_the_members_read(page: Page, demo: Demo, tmp_path: Path) -> None:
+def test_a_pasted_document_is_a_source_the_members_read_and_the_snippets_ask_the_same(
+    page: Page, demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     q = demo.kind("fresh")
     gold = demo.documents[q.doc_id or ""]
     want = demo.ask({"question": q.question, "documents": [{"text": gold, "source": "pasted-1"}]}).json()
@@ -197,6 +203,14 @@ def test_a_pasted_document_is_a_source_the_members_read(page: Page, demo: Demo, 
     assert "pasted-1 (this request)" in table and f"{want['sources'][0]['score']:.3f}" in table
     assert "kept" in table
     print(f"\nscreenshot: {page.screenshot(tmp_path / 'sources.png')}")
+    # The snippets are the same request: run as they are shown, they get the same answer.
+    monkeypatch.setenv("COUNCIL_API_KEY", ADMIN)
+    namespace: dict[str, Any] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(page.text("python"), namespace)
+    assert namespace["answer"].answer == want["answer"]
+    out = subprocess.run(["bash", "-c", page.text("curl")], capture_output=True, text=True, timeout=90, check=True)
+    assert json.loads(out.stdout)["answer"] == want["answer"]
 
 
 def test_an_empty_question_shows_the_apis_error_message(page: Page, demo: Demo) -> None:
