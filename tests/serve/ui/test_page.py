@@ -30,6 +30,7 @@ from council.world.generator import Question
 APP, PREFIX = "council_page", "/page"
 ADMIN, ACME = "ck-page-admin-7f3a", "ck-page-acme-19c2"
 WAIT_S = 90
+BROKEN = "medical-2"
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,16 @@ def demo(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     keys.write_text(yaml.safe_dump({"keys": entries}))
     world = demo_world()
     questions = pick_questions(world, 2)  # what `council demo` asks, and so offers on its page
-    app = build_app(
-        {"config_dict": _config(tmp / "store", [q.question for q in questions]), "env": {KEYS_FILE_ENV: str(keys)}}
-    )
+    config = _config(tmp / "store", [q.question for q in questions])
+    # One member broken on purpose (fault injection), so that a medical question shows a failed member's card.
+    faults = {BROKEN: {"error": "injected failure"}}
+    app = build_app({"config_dict": config, "env": {KEYS_FILE_ENV: str(keys)}, "faults": faults})
     t0 = time.perf_counter()
     serve.run(app, name=APP, route_prefix=PREFIX)
     print(f"\nthe demo council deployed for the page in {time.perf_counter() - t0:.1f}s")
     try:
-        yield Demo(serve_url + PREFIX, questions, {d.id: d.text for d in world.documents})
+        medical = next(q for q in world.questions("trained", held_out=False) if q.domain == "medical")
+        yield Demo(serve_url + PREFIX, [*questions, medical], {d.id: d.text for d in world.documents})
     finally:
         serve.delete(APP)
 
@@ -161,7 +164,7 @@ def test_a_question_fills_every_members_card_then_the_council_answers_with_its_a
     page.open(ADMIN)
     assert "page-admin" in page.text("who")
     examples = {b.text: b for b in page.find("examples").find_elements("tag name", "button")}
-    assert list(examples) == [d.question for d in demo.questions]  # the demo's questions, offered on its page
+    assert list(examples) == [d.question for d in demo.questions[:-1]]  # the demo's questions, offered on its page
     examples[q.question].click()  # asks it
     page.verdict()
     assert page.find("question").get_attribute("value") == q.question
@@ -193,6 +196,18 @@ def test_an_unanswerable_question_shows_the_abstained_badge(page: Page, demo: De
     page.type("question", q.question + Keys.ENTER)  # the keyboard alone: Enter in the question asks it
     page.verdict()
     assert "abstained" in page.text("badges") and page.text("answer") == want["answer"]
+
+
+def test_a_failed_member_shows_its_error_and_the_answer_is_degraded(page: Page, demo: Demo) -> None:
+    q = demo.questions[-1]  # a medical question: both medical members are asked, one of them broken
+    want = demo.ask({"question": q.question}).json()
+    assert BROKEN in [m["name"] for m in want["members"]] and want["degraded"]
+    page.open(ADMIN)
+    page.ask(q.question)
+    page.verdict()
+    broken = page.cards()[BROKEN]
+    assert "error" in broken.get_attribute("class") and "injected failure" in broken.text
+    assert "degraded" in page.text("badges") and page.text("answer") == want["answer"]
 
 
 def test_a_pasted_document_is_a_source_the_members_read_and_the_snippets_ask_the_same(
