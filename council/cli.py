@@ -91,6 +91,7 @@ def serve(
     with console.status("starting Ray Serve and loading the specialists…"):
         url = start_serve(args, **settings)
     console.print(f"[bold green]council serving[/] at {url}  (POST /v1/council, /v1/chat/completions)")
+    console.print(f"  the page: {url}/", highlight=False)
     console.print(f'  curl -s {url}/v1/council -d \'{{"question": "..."}}\'', highlight=False)
     try:
         block_until_signal()

@@ -304,6 +304,10 @@ class HttpConfig(_Model):
     tokens_per_minute: float | None = Field(
         None, gt=0, description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429."
     )
+    examples: list[str] = Field(
+        default_factory=list,
+        description="Questions the web page (GET /) offers to ask; none: each specialist's `examples`.",
+    )
 
 
 class CouncilConfig(_Model):

@@ -244,6 +244,10 @@ class Council:
             route=decision,
             synthesis=synthesis,
             synthesis_failed=synthesis_failed,
+            clusters=tuple(
+                tuple(answered[i].name for i in c)
+                for c in sorted(verdict.clusters, key=lambda c: verdict.winner not in c)
+            ),
         )
 
     def _conversation(self, req: AskRequest) -> Callable[[str], Conversation | None]:

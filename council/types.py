@@ -195,12 +195,15 @@ class CouncilAnswer:
     # abstained); else, when every chairman failed, why: `answer` is then the voted answer.
     synthesis: Synthesis | None = None
     synthesis_failed: str | None = None
+    # The members whose answers fell together (by name), the cluster the council's answer came from first.
+    clusters: tuple[tuple[str, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the HTTP API's response body)."""
         d = asdict(self)
         d["members"] = [asdict(m) for m in self.members]
         d["timings"] = dict(self.timings)
+        d["clusters"] = [list(c) for c in self.clusters]
         if self.route is not None:
             d["route"] = {"scores": dict(self.route.scores), "chosen": list(self.route.chosen)}
         if self.synthesis is not None:
@@ -228,6 +231,7 @@ class CouncilAnswer:
             route=RouteDecision(scores=dict(route["scores"]), chosen=tuple(route["chosen"])) if route else None,
             synthesis=Synthesis.from_dict(d["synthesis"]) if d.get("synthesis") else None,
             synthesis_failed=d.get("synthesis_failed"),
+            clusters=tuple(tuple(c) for c in d.get("clusters") or ()),
         )
 
 

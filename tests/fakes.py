@@ -102,6 +102,10 @@ class FakeIngress:
         self._reached()
         return {"app": "fake", "status": "RUNNING", "specialists": ["solo"], "deployments": {}, "chunks": 0}
 
+    async def tenants(self) -> list[str]:
+        self._reached()
+        return ["acme", "public"]
+
 
 async def until(condition: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
     """Wait (polling the event loop) until `condition()` holds; fail naming `what` after `limit_s`."""

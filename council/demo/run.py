@@ -69,6 +69,16 @@ def with_vllm_members(setup: DemoSetup, engine: str, vllm_members: str | None) -
     return DemoSetup(config, app_args(config, setup.app_args), setup.settings, note)
 
 
+def with_examples(setup: DemoSetup, questions: Sequence[Question]) -> DemoSetup:
+    """`setup` with the demo's questions as the web page's examples (`http.examples`), unless the config has its own."""
+    if setup.config.http.examples or not questions:
+        return setup
+    data = setup.config.model_dump(mode="json", exclude_unset=True)
+    data["http"] = {**data.get("http", {}), "examples": [q.question for q in questions]}
+    config = CouncilConfig.from_dict(data, source="the demo council with its questions")
+    return DemoSetup(config, app_args(config, setup.app_args), setup.settings, setup.note)
+
+
 def demo_world(seed: int = 0) -> World:
     """The world the demo specialists were trained on."""
     from council.world.generator import build_world
@@ -157,7 +167,7 @@ def run_demo(
     if in_process:
         _run_in_process(setup, world, questions, console, once=once)
     else:
-        _run_on_serve(setup, world, questions, console, once=once, port=port)
+        _run_on_serve(with_examples(setup, questions), world, questions, console, once=once, port=port)
 
 
 def _run_in_process(
@@ -188,7 +198,8 @@ def _run_on_serve(
     try:
         with console.status("starting Ray Serve: one deployment per specialist, retrieval, aggregator, router"):
             url = start_serve(setup.app_args, **settings)
-        console.print(f"[dim]deployed in {time.perf_counter() - t0:.0f} s at {url}[/]")
+        elapsed = time.perf_counter() - t0
+        console.print(f"[dim]deployed in {elapsed:.0f} s at {url}[/] — the page: {url}/", highlight=False)
         with Client(url) as client:
             ingest_served(world, client, console)
             right = ask_all(questions, client.ask, console)
@@ -196,7 +207,9 @@ def _run_on_serve(
         if once:
             return
         q = questions[0].question if questions else "what is the penalty under the kavo act ?"
-        console.print(f"\n[bold green]council serving[/] at {url} — Ctrl-C to stop. Try:")
+        console.print(f"\n[bold green]council serving[/] at {url} — Ctrl-C to stop.")
+        console.print(f"  [bold]the page:[/] {url}/  (the questions above are its examples)", highlight=False)
+        console.print("Or try:")
         console.print(f"  curl -s {url}/v1/council -d '{json.dumps({'question': q})}'", highlight=False)
         console.print(f"  council ask {json.dumps(q)} --url {url}", highlight=False)
         block_until_signal()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from council.config import CouncilConfig
 from council.credentials import Grant, KeyTable, RateLimiter, load_table
 from council.errors import (
     CouncilError,
@@ -30,6 +31,7 @@ from council.errors import (
 )
 from council.pipeline import Event
 from council.serving import metrics, ray_errors
+from council.serving.page import page_router
 from council.serving.schemas import (
     AskBody,
     AskOptions,
@@ -56,7 +58,6 @@ from council.types import (
 log = logging.getLogger(__name__)
 
 
-
 class Ingress(Protocol):
     """What the HTTP app needs of the council (RouterIngress in a replica; a fake in tests)."""
 
@@ -78,6 +79,15 @@ class Ingress(Protocol):
 
     async def status(self, grant: Grant) -> dict[str, Any]:
         """The app's state, with the store's counts of the tenants `grant` covers."""
+        ...
+
+    async def tenants(self) -> list[str]:
+        """The tenants the store knows (for the web page of a key over every tenant)."""
+        ...
+
+    @property
+    def config(self) -> CouncilConfig:
+        """The council's config (the web page shows its members, examples and defaults)."""
         ...
 
 
@@ -387,4 +397,5 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(router)
+    app.include_router(page_router(authorized))
     return app

@@ -156,6 +156,10 @@ class RouterIngress:
             totals = {k: totals[k] + int(report[k]) for k in totals}
         return {"tenant": tenant, "documents": len(documents), **totals}
 
+    async def tenants(self) -> list[str]:
+        """The tenants the store knows (the web page lists them for a key over every tenant)."""
+        return list(await call(self.retriever_handle, "known_tenants"))
+
     def stats(self) -> dict[str, int]:
         """Embedding counters of this replica (questions, and members' answers as they arrive): texts asked,
         cache hits, embedding passes run, the largest pass."""

@@ -46,3 +46,7 @@ class RetrievalServer:
     async def count(self, tenant: str | None = None) -> int:
         """Chunks in the store, of one tenant or all."""
         return int(await asyncio.to_thread(self.retriever.count, tenant))
+
+    async def known_tenants(self) -> list[str]:
+        """The tenants a query may name (configured, or those that have ingested; always public)."""
+        return sorted(await asyncio.to_thread(self.retriever.known_tenants))

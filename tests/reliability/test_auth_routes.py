@@ -1,5 +1,6 @@
-"""With COUNCIL_API_KEY set, every route of the HTTP app but /healthz refuses a missing or wrong token (401),
-found by walking the app's routes (a new route cannot slip through), and the token is compared in constant time."""
+"""With COUNCIL_API_KEY set, every route of the HTTP app but /healthz and the web page's own files (the page, its
+script and style, and whether a key is needed: no data) refuses a missing or wrong token (401), found by walking
+the app's routes (a new route cannot slip through), and the token is compared in constant time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from council.serving import http
 from tests.fakes import FakeIngress
 
 KEY = "s3cret-key-\u00e9"  # non-ASCII: the comparison is on bytes
-OPEN = {"/healthz"}
+OPEN = {"/healthz", "/", "/ui/auth", "/ui/{name}"}
 
 
 @pytest.fixture
@@ -57,6 +58,13 @@ def test_every_route_but_healthz_refuses_a_bad_token(client: TestClient, authori
 
 def test_healthz_stays_open(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
+
+
+def test_the_pages_open_routes_answer_without_a_token_and_reach_nothing(client: TestClient) -> None:
+    """FakeIngress(guard=True) fails any call that reaches it: the page's open routes never do."""
+    assert client.get("/").status_code == 200 and client.get("/ui/page.js").status_code == 200
+    assert client.get("/ui/auth").json() == {"required": True}
+    assert client.get("/ui/session").status_code == 401
 
 
 def test_the_token_is_compared_in_constant_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

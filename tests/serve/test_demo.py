@@ -50,3 +50,4 @@ def test_demo_once_on_its_own_ray_serve(tmp_path: Path) -> None:
     out = _demo(tmp_path, "--port", str(free_port()), timeout=900, RAY_ADDRESS="local")
     _check(out)
     assert "deployed in" in out.stdout
+    assert "the page: http://127.0.0.1:" in out.stdout  # `make demo` prints where the web page is
