@@ -193,6 +193,13 @@ class RetrievalConfig(_Model):
     )
     host: str | None = Field(None, description="Chroma server host; when set, HttpClient is used instead.")
     port: int = Field(8001, ge=1, le=65535, description="Chroma server port (not 8000: Serve's default).")
+    token_env: str = Field(
+        "COUNCIL_CHROMA_TOKEN",
+        min_length=1,
+        description="The environment variable holding the Chroma server's token (Chroma's token auth, "
+        "clusters/chroma-server.sh), sent as a bearer token when `host` is set and the variable is. The token "
+        "itself never goes in a config: a Kubernetes secretKeyRef or the node's environment holds it.",
+    )
     collection: str = Field("council", description="Chroma collection name.")
     top_n: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
     lexical_weight: float = Field(

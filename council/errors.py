@@ -131,6 +131,13 @@ class StoreBusy(CouncilError):
     type = "store_busy"
 
 
+class StoreAuthError(CouncilError):
+    """The Chroma server refused the council's token (missing or wrong); names the variable that holds it."""
+
+    status = 500
+    type = "store_auth_failed"
+
+
 class OutputBusy(CouncilError):
     """A job's output folder is being written by another run (one run per folder); names that run."""
 
