@@ -61,7 +61,7 @@ def test_render_answer_shows_members_verdict_sources_and_trims() -> None:
         degraded=True,
         members=(
             MemberAnswer("legal-a", 0.91, answer="fine", prompt_tokens=30, completion_tokens=2, latency_s=0.04),
-            MemberAnswer("legal-b", 0.52, error="timed out after 5s"),
+            MemberAnswer("legal-b", 0.52, error="member_timeout: timed out after 5s", error_code="member_timeout"),
             MemberAnswer("finance-a", 0.11, cancelled=True),
         ),
         sources=(Chunk("c1", "the kavo act carries a fine .", source="legal.md", score=0.77),),
@@ -71,8 +71,9 @@ def test_render_answer_shows_members_verdict_sources_and_trims() -> None:
     console = Console(record=True, width=160)
     render_answer(answer, out=console, trims=True)
     text = console.export_text()
-    for piece in ("legal-a", "0.91", "fine", "30+2", "timed out after 5s", "cancelled", "agreement 0.33",
-                  "abstained", "degraded", "legal.md", "legal-a: 40/120 tokens", "dropped 1"):  # fmt: skip
+    for piece in ("legal-a", "0.91", "fine", "30+2", "member_timeout: timed out after 5s", "cancelled",
+                  "agreement 0.33", "abstained", "degraded", "legal.md", "legal-a: 40/120 tokens",
+                  "dropped 1"):  # fmt: skip
         assert piece in text, piece
 
 
