@@ -299,10 +299,16 @@ class HttpConfig(_Model):
         "the app starts only behind a loopback proxy; none: no keys at all, anywhere (logged as a warning).",
     )
     requests_per_minute: float | None = Field(
-        None, gt=0, description="Per-key request rate (a key table entry may set its own); beyond: 429."
+        None,
+        gt=0,
+        description="Per-key request rate (a key table entry may set its own); beyond: 429. Counted by each ingress "
+        "replica on its own: a key may make up to this x router.num_replicas requests a minute in all.",
     )
     tokens_per_minute: float | None = Field(
-        None, gt=0, description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429."
+        None,
+        gt=0,
+        description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429. Per "
+        "ingress replica, like requests_per_minute: up to this x router.num_replicas in all.",
     )
 
 
