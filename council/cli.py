@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from council.backends.files import KINDS, find_files
-from council.errors import CouncilError
+from council.errors import CouncilError, InvalidRequest
 from council.render import render_answer
 from council.serving.lifecycle import block_until_signal, serve_target, start_serve, stop_serve
 
@@ -189,7 +189,11 @@ class _Ingest:
 @friendly
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help=f"Files or folders of {KINDS} files.")],
-    tenant: Annotated[str, typer.Option(help="The tenant that owns these documents.")] = "public",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="The tenant that owns these documents (required: `public` is read by every request, so "
+                     "it is never a default)."),
+    ] = None,
     domain: Annotated[str | None, typer.Option(help="Domain tag stored with each chunk.")] = None,
     tenant_column: Annotated[
         bool,
@@ -221,6 +225,12 @@ def ingest(
     """
     from council.backends.files import check_readable
 
+    if tenant is None:  # a write names its tenant: no silent default to `public` (issue 16, finding 1)
+        raise InvalidRequest(
+            "council ingest needs --tenant: the tenant that owns these documents (--tenant public for documents "
+            "every request reads; with --tenant-column, the tenant of rows whose tenant cell is empty); "
+            "nothing was stored"
+        )
     retrieval, server_url = retrieval_config(config, host=chroma_host, port=chroma_port)
     files = find_files(paths, max_bytes=retrieval.max_file_bytes)
     if not files:

@@ -194,6 +194,13 @@ class RetrievalConfig(_Model):
     )
     host: str | None = Field(None, description="Chroma server host; when set, HttpClient is used instead.")
     port: int = Field(8001, ge=1, le=65535, description="Chroma server port (not 8000: Serve's default).")
+    token_env: str = Field(
+        "COUNCIL_CHROMA_TOKEN",
+        min_length=1,
+        description="The environment variable holding the Chroma server's token (Chroma's token auth, "
+        "clusters/chroma-server.sh), sent as a bearer token when `host` is set and the variable is. The token "
+        "itself never goes in a config: a Kubernetes secretKeyRef or the node's environment holds it.",
+    )
     collection: str = Field("council", description="Chroma collection name.")
     top_n: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
     lexical_weight: float = Field(
@@ -299,10 +306,16 @@ class HttpConfig(_Model):
         "the app starts only behind a loopback proxy; none: no keys at all, anywhere (logged as a warning).",
     )
     requests_per_minute: float | None = Field(
-        None, gt=0, description="Per-key request rate (a key table entry may set its own); beyond: 429."
+        None,
+        gt=0,
+        description="Per-key request rate (a key table entry may set its own); beyond: 429. Counted by each ingress "
+        "replica on its own: a key may make up to this x router.num_replicas requests a minute in all.",
     )
     tokens_per_minute: float | None = Field(
-        None, gt=0, description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429."
+        None,
+        gt=0,
+        description="Per-key generated tokens per minute (a key table entry may set its own); beyond: 429. Per "
+        "ingress replica, like requests_per_minute: up to this x router.num_replicas in all.",
     )
     examples: list[str] = Field(
         default_factory=list,

@@ -1,6 +1,16 @@
-"""The error hierarchy: every CouncilError knows its HTTP status and a stable type name."""
+"""The error hierarchy: every CouncilError knows its HTTP status and a stable type name; `incident` turns any
+failure into what a caller may see of it (a stable code, a short reason, an incident id) and logs the detail."""
 
 from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+MEMBER_ERROR = "member_error"
+MEMBER_TIMEOUT = "member_timeout"
 
 
 class CouncilError(Exception):
@@ -131,8 +141,47 @@ class StoreBusy(CouncilError):
     type = "store_busy"
 
 
+class StoreAuthError(CouncilError):
+    """The Chroma server refused the council's token (missing or wrong); names the variable that holds it."""
+
+    status = 500
+    type = "store_auth_failed"
+
+
 class OutputBusy(CouncilError):
     """A job's output folder is being written by another run (one run per folder); names that run."""
 
     status = 409
     type = "output_busy"
+
+
+class MemberUnavailable(CouncilError):
+    """A member's replica died mid-request or is not there now (Ray's actor errors, which name nodes and PIDs)."""
+
+    status = 503
+    type = "member_unavailable"
+
+
+@dataclass(frozen=True)
+class Incident:
+    """What a caller is told of a failure: `code` (stable), `reason` (short, no internals), `id` (in the log)."""
+
+    code: str
+    reason: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}" + (f" (incident {self.id})" if self.id else "")
+
+
+def incident(error: BaseException, what: str) -> Incident:
+    """The caller's view of `what`'s failure `error`, its detail (type, message, traceback) logged under a new
+    incident id. A CouncilError keeps its type and message (the council's own words, written for callers); any
+    other error (an engine's, Ray's: they name hosts, PIDs, paths) is `member_error` with a fixed reason."""
+    incident_id = uuid.uuid4().hex[:12]
+    log.warning("%s failed (incident %s): %s: %s", what, incident_id, type(error).__name__, error, exc_info=error)
+    if isinstance(error, CouncilError):
+        return Incident(error.type, error.message[:300], incident_id)
+    if isinstance(error, TimeoutError):
+        return Incident(MEMBER_TIMEOUT, "timed out", incident_id)
+    return Incident(MEMBER_ERROR, "the member failed", incident_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from council import routing
 from council.agreement import is_unknown, route_weight
 from council.batching import embed_async
 from council.config import CouncilConfig
-from council.errors import InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout
+from council.errors import MEMBER_TIMEOUT, InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout, incident
 from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
 from council.synthesis import synthesise
 from council.types import (
@@ -44,7 +43,7 @@ def _ignore(_: Event) -> None:
     return None
 
 
-log = logging.getLogger(__name__)
+_TOO_LONG = f"{QuestionTooLong.type}: question too long for this member's context window"
 
 Plan = list[tuple[list[str], TrimReport]]
 
@@ -295,7 +294,7 @@ class Council:
         cfg = self.config.router
         too_long = _check_room(chosen, plans)
         results: dict[str, MemberAnswer] = {
-            n: MemberAnswer(n, scores[n], error="question too long for this member's context window") for n in too_long
+            n: MemberAnswer(n, scores[n], error=_TOO_LONG, error_code=QuestionTooLong.type) for n in too_long
         }
         for answer in results.values():
             emit(answer)
@@ -328,7 +327,8 @@ class Council:
                 name,
                 scores[name],
                 cancelled=not timed_out,
-                error=f"timed out after {cfg.member_timeout_s:g}s" if timed_out else None,
+                error=f"{MEMBER_TIMEOUT}: timed out after {cfg.member_timeout_s:g}s" if timed_out else None,
+                error_code=MEMBER_TIMEOUT if timed_out else None,
             )
             emit(results[name])
         if pending:
@@ -360,9 +360,9 @@ class Council:
                 gens = await asyncio.gather(*(spec.generate(req.question, passages) for passages, _ in plan))
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # a member's failure must never sink the council
-            log.warning("member %s failed: %s: %s", name, type(e).__name__, e)
-            return MemberAnswer(name, score, error=f"{type(e).__name__}: {e}"[:500])
+        except Exception as e:  # a member's failure must never sink the council; its detail stays in the log
+            failed = incident(e, f"member {name}")
+            return MemberAnswer(name, score, error=str(failed), error_code=failed.code, incident=failed.id)
         texts = [g.text.strip() for g in gens]
         for text, g in zip(texts, gens, strict=True):
             vectors.put(text, g.embedding)

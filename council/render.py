@@ -24,6 +24,8 @@ def render_answer(answer: CouncilAnswer, *, out: Console | None = None, trims: b
         table.add_column(col, **kw)  # type: ignore[arg-type]
     for m in answer.members:
         status = "cancelled" if m.cancelled else (m.error or "")
+        if m.incident:  # the code and the id to look up in the ingress's log, whole (the reason is fixed)
+            status = f"{m.error_code} (incident {m.incident})"
         table.add_row(
             m.name,
             f"{m.route_score:.2f}",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from council.agreement import is_unknown
 from council.config import ChairmanConfig
+from council.errors import ConfigError, QuestionTooLong, incident
 from council.prompts import CHAIRMAN_SYSTEM, answer_labels
 from council.protocols import Aggregator, Chairman, Specialist
 from council.types import Chunk, Conversation, Generation, MemberAnswer, Synthesis, SynthesisDelta
@@ -81,7 +82,7 @@ async def synthesise(
         except TimeoutError:
             failures.append(f"{name}: timed out after {timeout_s:g}s")
         except Exception as e:  # a chairman's failure is data, like a member's
-            failures.append(f"{name}: {type(e).__name__}: {e}"[:400])
+            failures.append(f"{name}: {incident(e, f'chairman {name}')}")
         else:
             text = generation.text.strip()
             if text and not (agreed and is_unknown(text)):
@@ -114,13 +115,13 @@ async def _ask_chairman(
     emit: EmitPiece | None,
 ) -> Generation:
     if not isinstance(spec, Chairman):
-        raise TypeError("this member cannot write a synthesis (it takes plain questions only)")
+        raise ConfigError("this member cannot write a synthesis (it takes plain questions only)")
     # Trimmed with the instruction and the answers counted as part of the question: passages get the room left.
     context = "\n".join([question, CHAIRMAN_SYSTEM, *ballot.answers])
     plans = await aggregator.trim(context, chunks, [name], budget_tokens=budget_tokens, ordering=ordering, orderings=1)
     [(passages, report)] = plans[name]
     if report.budget_tokens < 0:
-        raise ValueError("the members' answers do not fit its context window")
+        raise QuestionTooLong("the members' answers do not fit its context window")
     return await asyncio.wait_for(_generate(spec, question, passages, ballot.answers, conversation, emit), timeout_s)
 
 

@@ -86,7 +86,9 @@ class SynthesisDelta:
 
 @dataclass(frozen=True)
 class MemberAnswer:
-    """One specialist's contribution. A failure is data: `error` is set and `answer` is None."""
+    """One specialist's contribution. A failure is data: `error` is set and `answer` is None. `error` is what a
+    caller may see ("code: reason (incident id)", never an exception's text); `error_code` is its stable code and
+    `incident` the id under which the ingress logged the detail."""
 
     name: str
     route_score: float
@@ -96,6 +98,8 @@ class MemberAnswer:
     latency_s: float = 0.0
     error: str | None = None
     cancelled: bool = False
+    error_code: str | None = None
+    incident: str | None = None
     # With several orderings: each ordering's answer, and the share that agree with the member's vote.
     ordering_answers: tuple[str, ...] = ()
     consistency: float | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from council import retrieval
 from council.backends.files import SourceText, check_readable, find_files, iter_documents
 from council.backends.store_lock import StoreLock
 from council.config import RetrievalConfig
-from council.errors import InvalidRequest, UnknownTenant
+from council.errors import InvalidRequest, StoreAuthError, UnknownTenant
 from council.protocols import Embedder
 from council.retrieval import PUBLIC, check_tenant, chunk_id, chunk_text, content_words
 from council.types import Chunk, Document
@@ -28,6 +29,7 @@ from council.types import Chunk, Document
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 256
+_TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"  # Chroma's own: `Authorization: Bearer`
 _LEXICAL_PROBES = 6  # question words searched for verbatim (Chroma's $contains is case-sensitive)
 
 
@@ -318,12 +320,32 @@ def _contains_filter(words: Sequence[str]) -> dict[str, Any] | None:
 
 
 def _connect(config: RetrievalConfig) -> Any:
-    """An HttpClient when a server is configured, else an embedded PersistentClient; telemetry off."""
+    """An HttpClient when a server is configured (with the token in `config.token_env`, when set), else an
+    embedded PersistentClient; telemetry off. A server that refuses the token raises StoreAuthError naming it."""
     import chromadb
     from chromadb.config import Settings
+    from chromadb.errors import ChromaAuthError
 
-    settings = Settings(anonymized_telemetry=False)
     if config.host:
-        return chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
+        token = os.environ.get(config.token_env)
+        settings = Settings(anonymized_telemetry=False)
+        if token:
+            settings = Settings(
+                anonymized_telemetry=False, chroma_client_auth_provider=_TOKEN_PROVIDER,
+                chroma_client_auth_credentials=token,
+            )
+        try:
+            return chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
+        except ChromaAuthError as e:
+            where = f"the Chroma server at {config.host}:{config.port}"
+            if token:
+                why = f"refused the token in ${config.token_env} (retrieval.token_env): it is not the server's token"
+            else:
+                why = f"requires a token and ${config.token_env} (retrieval.token_env) is not set"
+            raise StoreAuthError(
+                f"{where} {why}; set {config.token_env} to the token the server was started with "
+                "(CHROMA_SERVER_AUTHN_CREDENTIALS, clusters/chroma-server.sh)"
+            ) from e
+    settings = Settings(anonymized_telemetry=False)
     Path(config.path).mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=config.path, settings=settings)

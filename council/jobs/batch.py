@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from council.errors import ConfigError
+from council.errors import ConfigError, CouncilError, incident
 from council.jobs._common import (
     DEMO_CONFIG,
     EXIT_FAILED,
@@ -84,8 +84,11 @@ def _request(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(e: BaseException) -> str:
-    message = getattr(e, "message", None) or str(e)
-    return f"{getattr(e, 'type', type(e).__name__)}: {message}"[:1000]
+    """A failed row's `error`: a council error's type and message; any other (Ray's name nodes and PIDs) a code
+    and an incident id whose detail is in the job's log."""
+    if isinstance(e, CouncilError):
+        return f"{e.type}: {e.message}"[:1000]
+    return str(incident(e, "a batch row"))
 
 
 class Answerer:

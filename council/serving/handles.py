@@ -7,7 +7,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from council.serving.ray_errors import unwrap
+from council.errors import MemberUnavailable
+from council.serving.ray_errors import Failure, failure, unwrap
 from council.types import Chunk, Conversation, Document, Generation, MemberAnswer, TrimReport
 
 if TYPE_CHECKING:
@@ -36,6 +37,16 @@ async def call(handle: DeploymentHandle, method: str, *args: Any, **kwargs: Any)
         raise cause from None
 
 
+def _member_lost(name: str, error: BaseException) -> MemberUnavailable | None:
+    """A member's replica that died or is not there, as MemberUnavailable (Ray's own message, which names node
+    addresses and PIDs, stays on the chained cause: logged under an incident id, never sent to callers)."""
+    kind = failure(error)
+    if kind in (Failure.REPLICA_LOST, Failure.UNAVAILABLE):
+        assert kind is not None
+        return MemberUnavailable(f"member {name}'s replica is unavailable ({kind.value})")
+    return None
+
+
 class HandleSpecialist:
     """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment."""
 
@@ -49,10 +60,18 @@ class HandleSpecialist:
         """One answer, batched with concurrent requests on the replica (after a chat's history, with its
         decoding settings, when `conversation` is given)."""
         if conversation is None:
-            result: Generation = await call(self.handle, "generate", question, list(passages))
-        else:
-            sampling, history = dict(conversation.sampling), list(conversation.history)
-            result = await call(self.handle, "generate", question, list(passages), sampling, history)
+            return await self._generate(question, list(passages))
+        sampling, history = dict(conversation.sampling), list(conversation.history)
+        return await self._generate(question, list(passages), sampling, history)
+
+    async def _generate(self, *args: Any) -> Generation:
+        try:
+            result: Generation = await call(self.handle, "generate", *args)
+        except Exception as e:
+            lost = _member_lost(self.name, e)
+            if lost is None:
+                raise
+            raise lost from e
         return result
 
     async def synthesise(
@@ -64,9 +83,7 @@ class HandleSpecialist:
     ) -> Generation:
         """This member's synthesis as the council's chairman, from the members' answers (anonymised, in order)."""
         conv = conversation or Conversation()
-        args = (question, list(passages), dict(conv.sampling), list(conv.history), list(answers))
-        result: Generation = await call(self.handle, "generate", *args)
-        return result
+        return await self._generate(question, list(passages), dict(conv.sampling), list(conv.history), list(answers))
 
     def stream(
         self, question: str, passages: Sequence[str], conversation: Conversation | None = None
@@ -116,6 +133,9 @@ class HandleSpecialist:
                     yield "", done
                     return
         except Exception as e:
+            lost = _member_lost(self.name, e)
+            if lost is not None:
+                raise lost from e
             cause = unwrap(e)
             if cause is e:
                 raise

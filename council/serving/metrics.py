@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from council.errors import CouncilError
+from council.errors import MEMBER_TIMEOUT, CouncilError
 from council.types import CouncilAnswer, MemberAnswer
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def failure_outcome(error: BaseException) -> tuple[str, str]:
 def member_failure(member: MemberAnswer) -> str | None:
     """`timeout`, `error` or `cancelled` (early exit) for a member that gave no answer, else None."""
     if member.error is not None:
-        return "timeout" if member.error.startswith("timed out") else "error"
+        return "timeout" if member.error_code == MEMBER_TIMEOUT else "error"
     return "cancelled" if member.cancelled else None
 
 
@@ -124,7 +124,7 @@ class CouncilMetrics:
         # Under quorum, the members' failures travel in the error's details: count them too.
         failed = meaning.details.get("members") if isinstance(meaning, CouncilError) else None
         for name, why in failed.items() if isinstance(failed, dict) else ():
-            kind = "timeout" if str(why).startswith("timed out") else "cancelled" if why == "cancelled" else "error"
+            kind = "timeout" if str(why).startswith(MEMBER_TIMEOUT) else "cancelled" if why == "cancelled" else "error"
             counter = self.member_cancelled if kind == "cancelled" else self.member_errors
             counter.inc(1, tags={"member": str(name)} | ({} if kind == "cancelled" else {"kind": kind}))
 

@@ -50,8 +50,11 @@ def test_failed_and_timed_out_members_degrade_the_answer(guarded_app: App) -> No
     assert body["degraded"] is True
     members = {m["name"]: m for m in body["members"]}
     assert members["steady"]["error"] is None and members["steady"]["answer"] is not None
-    assert "injected failure" in members["broken"]["error"]
-    assert "timed out" in members["sleepy"]["error"]
+    # A code and an incident id, not the exception's text (issue 16, finding 9).
+    broken = members["broken"]
+    assert broken["error_code"] == "member_error" and "injected failure" not in broken["error"]
+    assert broken["error"] == f"member_error: the member failed (incident {broken['incident']})"
+    assert members["sleepy"]["error_code"] == "member_timeout" and "timed out" in members["sleepy"]["error"]
     # The slow member never holds the request much past the member timeout.
     assert GUARDED_TIMEOUT_S <= elapsed < GUARDED_TIMEOUT_S + 10
 
@@ -62,7 +65,8 @@ def test_under_quorum_is_a_503_naming_each_member(guarded_app: App) -> None:
     error = r.json()["error"]
     assert error["type"] == "quorum_not_met"
     assert set(error["details"]["members"]) == {"broken", "sleepy"}
-    assert "injected failure" in error["details"]["members"]["broken"]
+    broken = error["details"]["members"]["broken"]
+    assert broken.startswith("member_error: the member failed (incident ") and "injected failure" not in broken
     assert int(r.headers["Retry-After"]) >= 1
 
 

@@ -61,7 +61,7 @@ def test_render_answer_shows_members_verdict_sources_and_trims() -> None:
         degraded=True,
         members=(
             MemberAnswer("legal-a", 0.91, answer="fine", prompt_tokens=30, completion_tokens=2, latency_s=0.04),
-            MemberAnswer("legal-b", 0.52, error="timed out after 5s"),
+            MemberAnswer("legal-b", 0.52, error="member_timeout: timed out after 5s", error_code="member_timeout"),
             MemberAnswer("finance-a", 0.11, cancelled=True),
         ),
         sources=(Chunk("c1", "the kavo act carries a fine .", source="legal.md", score=0.77),),
@@ -71,8 +71,9 @@ def test_render_answer_shows_members_verdict_sources_and_trims() -> None:
     console = Console(record=True, width=160)
     render_answer(answer, out=console, trims=True)
     text = console.export_text()
-    for piece in ("legal-a", "0.91", "fine", "30+2", "timed out after 5s", "cancelled", "agreement 0.33",
-                  "abstained", "degraded", "legal.md", "legal-a: 40/120 tokens", "dropped 1"):  # fmt: skip
+    for piece in ("legal-a", "0.91", "fine", "30+2", "member_timeout: timed out after 5s", "cancelled",
+                  "agreement 0.33", "abstained", "degraded", "legal.md", "legal-a: 40/120 tokens",
+                  "dropped 1"):  # fmt: skip
         assert piece in text, piece
 
 
@@ -99,8 +100,23 @@ def test_find_files_and_missing_path_error(tmp_path: Path) -> None:
     (tmp_path / "sub" / "b.txt").write_text("y")
     (tmp_path / "sub" / "c.bin").write_text("z")
     assert [p.name for p in find_files([tmp_path])] == ["a.md", "b.txt"]
-    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope")])
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope"), "--tenant", "acme"])
     assert result.exit_code == 1 and "no such file or folder" in result.output
+
+
+def test_ingest_without_a_tenant_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    """A write names its tenant (issue 16, finding 1): before, the documents went to `public`, read by everyone."""
+    (tmp_path / "notes.txt").write_text("The Varn ledger is kept by the amber guild.")
+    store = tmp_path / "store"
+    (tmp_path / "council.yaml").write_text(
+        f"specialists: [{{name: solo, model: unused}}]\nretrieval: {{path: {store}}}\n"
+    )
+    for extra in ([], ["--tenant-column"]):
+        result = CliRunner().invoke(app, ["ingest", str(tmp_path / "notes.txt"), "--config",
+                                          str(tmp_path / "council.yaml"), *extra])
+        assert result.exit_code == 1, result.output
+        assert "(invalid_request): council ingest needs --tenant" in " ".join(result.output.split())
+        assert not store.exists(), "nothing may be opened or stored"
 
 
 def test_demo_without_its_council_config_is_a_clear_error(tmp_path: Path) -> None:

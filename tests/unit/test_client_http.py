@@ -26,7 +26,7 @@ ANSWER = CouncilAnswer(
     degraded=True,
     members=(
         MemberAnswer("medical-a", 0.9, answer="migraine", prompt_tokens=40, completion_tokens=2, latency_s=0.05),
-        MemberAnswer("medical-b", 0.7, error="TimeoutError: slow"),
+        MemberAnswer("medical-b", 0.7, error="member_timeout: timed out after 2s", error_code="member_timeout"),
     ),
     sources=(Chunk("c1", "zorvex treats migraine .", source="medical.md", score=0.8),),
     trims=(TrimReport("medical-a", 100, 12, kept=("c1",)),),

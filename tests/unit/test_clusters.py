@@ -148,6 +148,45 @@ def test_launcher_config_shape() -> None:
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+        # Ray's workers inherit the Chroma token from the raylet (retrieval.token_env), read from the synced file.
+        assert all('COUNCIL_CHROMA_TOKEN="$(cat ~/.council/chroma_token)"' in c for c in starts), key
+
+
+def test_launcher_keeps_chroma_on_a_volume_that_outlives_the_head_under_a_supervisor() -> None:
+    """Issue 16, finding 4: `ray down` terminates the head (cache_stopped_nodes: false) and its root disk; the
+    store lives on the separate EBS volume chroma-volume.sh mounts, served by the systemd unit with token auth."""
+    import configparser
+
+    config = docs(CLUSTERS / "aws-gpu.yaml")[0]
+    text = (CLUSTERS / "aws-gpu.yaml").read_text()
+    assert "chroma run" not in text, "`chroma run` ignores Chroma's token auth (chromadb 1.5)"
+    assert config["provider"]["cache_stopped_nodes"] is False  # hence the separate volume
+    assert config["file_mounts"]["~/.council/chroma_token"] == "~/.council/chroma_token"
+    head_setup = config["head_setup_commands"]
+    assert head_setup[0] == "bash ~/council/clusters/chroma-volume.sh /mnt/council-chroma"
+    assert "sudo cp ~/council/clusters/council-chroma.service /etc/systemd/system/council-chroma.service" in head_setup
+    assert any("systemctl enable council-chroma" in c and "systemctl restart council-chroma" in c for c in head_setup)
+    assert gpu_config().retrieval.token_env == "COUNCIL_CHROMA_TOKEN"
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    unit.read_string((CLUSTERS / "council-chroma.service").read_text())
+    service = unit["Service"]
+    assert service["Restart"] == "always" and unit["Unit"]["StartLimitIntervalSec"] == "0"
+    assert unit["Unit"]["RequiresMountsFor"] == "/mnt/council-chroma", "never serve an empty store off the root disk"
+    script, data, host, port = service["ExecStart"].split()
+    assert script == "/home/ubuntu/council/clusters/chroma-server.sh" and data.startswith("/mnt/council-chroma/")
+    assert int(port) == gpu_config().retrieval.port
+    assert service["Environment"] == "CHROMA_TOKEN_FILE=/home/ubuntu/.council/chroma_token"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.parametrize("script", ["chroma-server.sh", "chroma-volume.sh"])
+def test_the_chroma_scripts_are_valid_bash(script: str) -> None:
+    import subprocess
+
+    done = subprocess.run(["bash", "-n", str(CLUSTERS / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # ---- KubeRay ---------------------------------------------------------------------------------------------
@@ -242,8 +281,30 @@ def test_chroma_service_is_what_the_gpu_council_points_at() -> None:
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
     command = container["command"]
-    assert command[:2] == ["chroma", "run"] and command[command.index("--port") + 1] == str(port["targetPort"])
+    # clusters/chroma-server.sh DATA HOST PORT: Chroma's token auth (`chroma run` has none in chromadb 1.5)
+    assert command[:2] == ["bash", "/home/ray/council/clusters/chroma-server.sh"] and command[-1] == str(
+        port["targetPort"])
+    (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == command[2]]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == data["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    (token,) = [e for e in container["env"] if e["name"] == "CHROMA_SERVER_AUTHN_CREDENTIALS"]
+    assert token["valueFrom"]["secretKeyRef"] == CHROMA_SECRET, "the token comes from a Secret, never a value"
     assert deployment["spec"]["replicas"] == 1, "one Chroma server per data folder"
+
+
+CHROMA_SECRET = {"name": "council-chroma-token", "key": "token"}
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-batch.yaml", "rayjob-eval.yaml"])
+def test_every_ray_pod_gets_the_chroma_token_from_the_secret(name: str) -> None:
+    (manifest,) = docs(KUBERAY / name)
+    spec = cluster_spec(manifest)
+    pods = [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+    for pod in pods:
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            token = env[gpu_config().retrieval.token_env]
+            assert token == {"name": "COUNCIL_CHROMA_TOKEN", "valueFrom": {"secretKeyRef": CHROMA_SECRET}}
 
 
 @pytest.mark.parametrize("name", ["rayjob-batch.yaml", "rayjob-eval.yaml"])

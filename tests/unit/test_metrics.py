@@ -36,8 +36,9 @@ def probed() -> metrics.CouncilMetrics:
 def _answer(**kw: Any) -> CouncilAnswer:
     members = (
         MemberAnswer("a", 0.4, answer="varn", latency_s=0.12),
-        MemberAnswer("b", 0.3, error="timed out after 2s"),
-        MemberAnswer("c", 0.2, error="RuntimeError: boom"),
+        MemberAnswer("b", 0.3, error="member_timeout: timed out after 2s", error_code="member_timeout"),
+        MemberAnswer("c", 0.2, error="member_error: the member failed (incident 0a1b2c3d4e5f)",
+                     error_code="member_error", incident="0a1b2c3d4e5f"),
         MemberAnswer("d", 0.1, cancelled=True),
     )
     trims = (TrimReport("a", 64, 60, kept=("1",), cut=("2",), dropped=("3", "4"), trimmed_tokens=75),)
@@ -78,7 +79,8 @@ def test_record_answer(probed: Any) -> None:
 
 
 def test_quorum_failures_count_each_members_failure(probed: Any) -> None:
-    members = {"a": "RuntimeError: boom", "b": "timed out after 2s", "c": "cancelled"}
+    members = {"a": "member_error: the member failed (incident 0a1b2c3d4e5f)",
+               "b": "member_timeout: timed out after 2s", "c": "cancelled"}
     probed.record_failure(QuorumNotMet("0 of 3", details={"members": members}), 2.0)
     assert probed.requests.calls == [(1, {"outcome": "refused", "reason": "quorum_not_met"})]
     kinds = sorted((t["member"], t["kind"]) for _, t in probed.member_errors.calls)

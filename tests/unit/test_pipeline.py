@@ -116,7 +116,9 @@ async def test_failure_becomes_member_error_and_degraded() -> None:
     ans = await make_council(specs, make_config()).ask(AskRequest("capital of france?"))
     assert ans.degraded and not ans.abstained
     failed = {m.name: m for m in ans.members}["m2"]
-    assert failed.answer is None and "cuda oom" in failed.error
+    # A stable code and an incident id; the engine's words stay in the log (issue 16, finding 9).
+    assert failed.answer is None and failed.error_code == "member_error" and failed.incident
+    assert failed.error == f"member_error: the member failed (incident {failed.incident})"
 
 
 async def test_timeout_never_holds_the_request() -> None:
