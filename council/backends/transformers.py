@@ -137,18 +137,20 @@ class TransformersSpecialist(TokenizerCounter):
         stopping: Any = None,
         sampling: dict[str, Any] | None = None,
         streamer: Any = None,
+        adapter: str | None = None,
     ) -> list[list[int]]:
         """Left-pad, generate, and return each row's new tokens (padding after a stop included).
 
         `stopping` / `sampling` replace the config's stop criteria / sampling kwargs (the engine's per-request
-        settings); `streamer` is a transformers streamer fed each new token."""
+        settings); `streamer` is a transformers streamer fed each new token; `adapter`: the loaded LoRA adapter
+        this pass runs under (None: the bare model)."""
         import torch
 
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._adapter_scope(adapter):
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -160,6 +162,44 @@ class TransformersSpecialist(TokenizerCounter):
                 **(self._sampling() if sampling is None else sampling),
             )
         return [row.tolist() for row in out[:, width:].cpu()]
+
+    # -- LoRA adapters over this (unmerged) model, one active per pass (a PeftModel once one is loaded) ----------
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded over this model."""
+        return list(getattr(self.model, "peft_config", {}) or {})
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT adapter under `name` (the base's weights stay as they are)."""
+        from peft import PeftModel
+
+        with loading("adapter", path), self._lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model.to(self.device).eval()
+
+    def delete_adapter(self, name: str) -> None:
+        """Unload the adapter `name`; the bare model once none is left."""
+        with self._lock:
+            if self.adapters == [name]:
+                self.model = self.model.unload()  # the LoRA layers out, the base's weights untouched
+            else:
+                self.model.delete_adapter(name)
+
+    def _adapter_scope(self, adapter: str | None) -> Any:
+        # Called under the lock: the active adapter is the model's state for the whole pass.
+        import contextlib
+
+        loaded = self.adapters
+        if adapter is None:
+            return self.model.disable_adapter() if loaded else contextlib.nullcontext()
+        if adapter not in loaded:
+            raise InvalidRequest(f"specialist {self.name}: adapter {adapter!r} is not loaded; loaded: {loaded}")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
 
     def _sampling(self) -> dict[str, Any]:
         g = self.config.generation

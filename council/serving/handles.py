@@ -37,11 +37,16 @@ async def call(handle: DeploymentHandle, method: str, *args: Any, **kwargs: Any)
 
 
 class HandleSpecialist:
-    """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment."""
+    """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment, or over the BaseServer
+    deployment of a base it shares (`on_base`: each call names the member; `multiplexed`: and goes by Serve's model
+    multiplexing to a replica that holds its adapter)."""
 
-    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle, *, on_base: bool = False, multiplexed: bool = False
+    ) -> None:
         self.name = name
-        self.handle = handle
+        self.handle = handle.options(multiplexed_model_id=name) if multiplexed else handle
+        self._member: dict[str, str] = {"member": name} if on_base else {}
 
     async def generate(
         self, question: str, passages: Sequence[str], conversation: Conversation | None = None
@@ -49,10 +54,10 @@ class HandleSpecialist:
         """One answer, batched with concurrent requests on the replica (after a chat's history, with its
         decoding settings, when `conversation` is given)."""
         if conversation is None:
-            result: Generation = await call(self.handle, "generate", question, list(passages))
+            result: Generation = await call(self.handle, "generate", question, list(passages), **self._member)
         else:
             sampling, history = dict(conversation.sampling), list(conversation.history)
-            result = await call(self.handle, "generate", question, list(passages), sampling, history)
+            result = await call(self.handle, "generate", question, list(passages), sampling, history, **self._member)
         return result
 
     async def synthesise(
@@ -65,7 +70,7 @@ class HandleSpecialist:
         """This member's synthesis as the council's chairman, from the members' answers (anonymised, in order)."""
         conv = conversation or Conversation()
         args = (question, list(passages), dict(conv.sampling), list(conv.history), list(answers))
-        result: Generation = await call(self.handle, "generate", *args)
+        result: Generation = await call(self.handle, "generate", *args, **self._member)
         return result
 
     def stream(
@@ -95,7 +100,7 @@ class HandleSpecialist:
     ) -> AsyncIterator[tuple[str, Generation | None]]:
         conv = conversation or Conversation()
         responses: Any = self.handle.options(stream=True).stream.remote(
-            question, list(passages), dict(conv.sampling), list(conv.history), answers
+            question, list(passages), dict(conv.sampling), list(conv.history), answers, **self._member
         )
         t0 = time.perf_counter()
         pieces: list[str] = []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from council.backends.store_lock import store_identity
+from council.bases import by_base, multiplexed
 from council.config import CouncilConfig
 from council.credentials import Grant, RateLimiter, load_table
 from council.errors import InvalidRequest
@@ -59,10 +60,18 @@ class RouterIngress:
         self.council = Council(
             self.config,
             embedder=self.embedder,
-            specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
+            specialists={name: self._handle_specialist(name, h) for name, h in specialists.items()},
             aggregator=HandleAggregator(aggregator),
             retriever=self.retriever,
         )
+
+    def _handle_specialist(self, name: str, handle: DeploymentHandle) -> HandleSpecialist:
+        spec = self.config.specialist(name)
+        if spec.base is None:
+            return HandleSpecialist(name, handle)
+        members = len(by_base(self.config.specialists)[spec.base])
+        mux = multiplexed(spec.deployment.max_adapters_per_replica, members)
+        return HandleSpecialist(name, handle, on_base=True, multiplexed=mux)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
