@@ -98,3 +98,35 @@ def tiny_specialist_config(path: Path | str, name: str = "tiny", **overrides: An
     }
     fields.update(overrides)
     return SpecialistConfig.model_validate(fields)
+
+
+def build_lora_adapter(base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5) -> str:
+    """A rank-8 PEFT LoRA on q_proj/v_proj of a Llama `base`, with random (not zero) B matrices so that it changes
+    the base's answers; saved to `folder` with `save_pretrained` (adapter_config.json, adapter_model.safetensors)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, scale)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def build_wider_llama(source: str | Path, path: Path) -> Path:
+    """A random Llama like `source` (its tokenizer too) but twice as wide: adapters of `source` do not fit it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(source))
+    config.hidden_size *= 2
+    config.intermediate_size *= 2
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(path)
+    return path
