@@ -100,12 +100,16 @@ def tiny_specialist_config(path: Path | str, name: str = "tiny", **overrides: An
     return SpecialistConfig.model_validate(fields)
 
 
-def build_lora_adapter(base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5) -> str:
-    """A rank-8 PEFT LoRA on q_proj/v_proj of a Llama `base`, with random (not zero) B matrices so that it changes
-    the base's answers; saved to `folder` with `save_pretrained` (adapter_config.json, adapter_model.safetensors)."""
+def build_lora_adapter(
+    base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5, teach: tuple[str, str] | None = None
+) -> str:
+    """A rank-8 PEFT LoRA on q_proj/v_proj of a Llama `base`, saved to `folder` with `save_pretrained`
+    (adapter_config.json, adapter_model.safetensors). Its B matrices are random (not zero), so it changes the base's
+    answers; with `teach` = (prompt, answer) it is then trained a few steps to continue that prompt with that
+    answer (random adapters of a tiny model tend to collapse onto the same few words)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
     model = get_peft_model(
@@ -116,6 +120,19 @@ def build_lora_adapter(base: str | Path, folder: Path, seed: int = 0, *, scale: 
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, scale)
+    if teach is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        prompt = tokenizer(teach[0], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + teach[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        for _ in range(40):
+            optimiser.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            optimiser.step()
+        model.eval()
     model.save_pretrained(folder)
     return str(folder)
 

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from council.backends.engine import EngineRequest, Sampling
 from council.backends.hf_engine import TransformersEngine
+from council.backends.tokens import load_tokenizer_counter
 from council.backends.vllm_engine import VLLMEngine
 from council.config import SpecialistConfig
 from council.errors import InvalidRequest
@@ -31,8 +32,13 @@ def shared(
 ) -> tuple[SpecialistConfig, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("vllm-lora")
     base = shutil.copytree(legal.model, tmp / "base")
-    adapters = {n: build_lora_adapter(base, tmp / n, seed=s) for n, s in (("a", 1), ("b", 2))}
-    return legal.model_copy(update={"name": "host", "model": str(base)}), adapters
+    host = legal.model_copy(update={"name": "host", "model": str(base)})
+    [prompt, *_] = demo_prompts(load_tokenizer_counter(host), n=3)
+    adapters = {
+        n: build_lora_adapter(base, tmp / n, seed=i, scale=0.05, teach=(prompt, word))
+        for i, (n, word) in enumerate((("a", "fine"), ("b", "prison")))
+    }
+    return host, adapters
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -56,10 +62,10 @@ async def test_two_adapters_on_one_vllm_engine_answer_as_each_merged_model(
         merged = TransformersEngine(host.model_copy(update={"adapter": path}))
         await merged.start()
         prompts = demo_prompts(merged.tokens, n=3)
-        want[name] = [o.text for o in await merged.generate([EngineRequest(p, EIGHT) for p in prompts])]
-    assert want["a"] != want["b"]
+        want[name] = [o.text.split() for o in await merged.generate([EngineRequest(p, EIGHT) for p in prompts])]
+    assert [want["a"][0][0], want["b"][0][0]] == ["fine", "prison"]  # what each was taught on the first prompt
     mixed = [EngineRequest(p, EIGHT, adapter=n) for p in prompts for n in ("a", "b")]  # one call, both adapters
-    got = [o.text for o in await vllm.generate(mixed)]
+    got = [o.text.split() for o in await vllm.generate(mixed)]
     assert got[0::2] == want["a"] and got[1::2] == want["b"]
 
     await vllm.remove_adapter("a")
@@ -67,4 +73,4 @@ async def test_two_adapters_on_one_vllm_engine_answer_as_each_merged_model(
     with pytest.raises(InvalidRequest, match="adapter 'a' is not loaded"):
         await vllm.generate([mixed[0]])
     await vllm.add_adapter("a")
-    assert [o.text for o in await vllm.generate(mixed[:2])] == [want["a"][0], want["b"][0]]
+    assert [o.text.split() for o in await vllm.generate(mixed[:2])] == [want["a"][0], want["b"][0]]

@@ -19,6 +19,7 @@ import pytest
 
 from council.backends.engine import EngineSpecialist
 from council.backends.hf_engine import TransformersEngine
+from council.backends.tokens import load_tokenizer_counter
 from council.config import CouncilConfig
 from council.testing.tiny import build_lora_adapter
 from tests.serve.conftest import App
@@ -26,7 +27,8 @@ from tests.serve.conftest import App
 APP = "council_lora"
 LEGAL = Path(__file__).resolve().parents[2] / "council" / "demo" / "models" / "legal-1"
 PROBE = "what is the penalty under the milo act ?"
-SEEDS = {"a": 1, "b": 2, "x": 3, "y": 4, "z": 5}
+# Each member's adapter is taught its own answer to the probe.
+TAUGHT = {"a": "fine", "b": "prison", "x": "forfeiture", "y": "cough", "z": "treat"}
 
 
 def _member(name: str, base: Path, adapter: str) -> dict[str, Any]:
@@ -41,9 +43,14 @@ def lora_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("lora")
     bases = {n: Path(shutil.copytree(LEGAL, tmp / n)) for n in ("one", "two")}
     on = {"a": "one", "b": "one", "x": "two", "y": "two", "z": "two"}
-    adapters = {n: build_lora_adapter(bases[on[n]], tmp / f"lora-{n}", seed=s) for n, s in SEEDS.items()}
+    probe = CouncilConfig.from_dict({"specialists": [_member("p", bases["one"], str(tmp))]}).specialists[0]
+    prompt = load_tokenizer_counter(probe).render_prompt(PROBE, [])
+    adapters = {
+        n: build_lora_adapter(bases[on[n]], tmp / f"lora-{n}", seed=i, scale=0.05, teach=(prompt, word))
+        for i, (n, word) in enumerate(TAUGHT.items())
+    }
     deployment = {"num_cpus": 0.05, "max_batch_size": 8, "batch_wait_timeout_s": 0.05}
-    members = [_member(n, bases[on[n]], adapters[n]) for n in SEEDS]
+    members = [_member(n, bases[on[n]], adapters[n]) for n in TAUGHT]
     members[0]["deployment"] = deployment
     members[2]["deployment"] = {**deployment, "max_adapters_per_replica": 2}
     full = {"name": "full", "model": str(LEGAL), "description": "the full model", "deployment": deployment}
@@ -66,8 +73,8 @@ def merged(lora_config: dict[str, Any]) -> dict[str, str]:
         return out.to_generation().text
 
     config = CouncilConfig.from_dict(lora_config)
-    want = {n: asyncio.run(answer(config.specialist(n))) for n in SEEDS}
-    assert len(set(want.values())) >= 4, f"the probe must tell the adapters apart: {want}"
+    want = {n: asyncio.run(answer(config.specialist(n))) for n in TAUGHT}
+    assert want == TAUGHT, "each adapter, merged and alone, gives the answer it was taught"
     return want
 
 
@@ -106,9 +113,9 @@ def test_one_deployment_per_base_and_each_member_is_a_model(lora_app: App) -> No
         "Base_one", "Base_two", "Specialist_full", "RouterIngress", "RetrievalServer", "AggregatorServer"
     }  # fmt: skip
     models = [m["id"] for m in lora_app.get("/v1/models").json()["data"]]
-    assert models == ["council", *SEEDS, "full"]
+    assert models == ["council", *TAUGHT, "full"]
     status = lora_app.get("/v1/status").json()
-    assert {"Base_one", "Base_two"} <= set(status["deployments"]) and status["specialists"] == [*SEEDS, "full"]
+    assert {"Base_one", "Base_two"} <= set(status["deployments"]) and status["specialists"] == [*TAUGHT, "full"]
 
 
 def test_members_answer_with_their_own_adapter_also_in_shared_batches(lora_app: App, merged: dict[str, str]) -> None:

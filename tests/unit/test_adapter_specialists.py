@@ -13,6 +13,7 @@ import yaml
 from council.backends.engine import EngineRequest, EngineSpecialist
 from council.backends.hf_engine import TransformersEngine
 from council.backends.lora import check_adapters
+from council.backends.tokens import load_tokenizer_counter
 from council.bases import base_deployment_names, by_base
 from council.config import CouncilConfig
 from council.errors import ConfigError, InvalidRequest
@@ -27,10 +28,11 @@ def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny Llama base in a temp folder, two adapters of it, a wider Llama and a GPT-2 they do not fit."""
     tmp = tmp_path_factory.mktemp("lora")
     base = Path(shutil.copytree(LEGAL, tmp / "base"))
+    prompt = load_tokenizer_counter(config(member("a", base, tmp)).specialists[0]).render_prompt(PROBE, [])
     return {
         "base": base,
-        "a": Path(build_lora_adapter(base, tmp / "a", seed=1)),
-        "b": Path(build_lora_adapter(base, tmp / "b", seed=2)),
+        "a": Path(build_lora_adapter(base, tmp / "a", seed=1, scale=0.05, teach=(prompt, "fine"))),
+        "b": Path(build_lora_adapter(base, tmp / "b", seed=2, scale=0.05, teach=(prompt, "prison"))),
         "wide": build_wider_llama(base, tmp / "wide"),
         "gpt2": build_tiny_gpt2(tmp / "gpt2"),
     }
@@ -133,7 +135,8 @@ async def test_one_base_answers_each_member_with_its_own_adapter(lora: dict[str,
     plain = TransformersEngine(host)
     await plain.start()
     [base_out] = await plain.generate([bare])
-    assert len({merged[0], merged[1], base_out.text}) == 3, "the probe must tell the adapters and the base apart"
+    assert [merged[0].strip(), merged[1].strip()] == ["fine", "prison"]  # what each adapter was taught
+    assert base_out.text.strip() not in ("fine", "prison")
     assert got == [merged[0], merged[1], base_out.text, merged[0], merged[1]]
 
     # Unloaded (a multiplexed replica's eviction), a member cannot be asked; loaded again, it answers the same.
