@@ -186,15 +186,16 @@ class TransformersEngine(ConfiguredEngine):
     # -- requests ---------------------------------------------------------------------------------------------
 
     async def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        """One `generate` pass per group of requests with equal adapter and sampling settings, in a worker thread."""
+        """One `generate` pass per group of requests with equal sampling settings, in a worker thread; requests for
+        different adapters of the base share it (PEFT's mixed-batch inference)."""
         self._live()
-        groups: dict[tuple[str | None, Sampling], list[int]] = {}
+        groups: dict[Sampling, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.adapter, r.sampling), []).append(i)
+            groups.setdefault(r.sampling, []).append(i)
         outputs: list[EngineOutput | None] = [None] * len(requests)
         flags = self._register(requests)
         try:
-            for (_, sampling), idxs in groups.items():
+            for sampling, idxs in groups.items():
                 batch = [requests[i] for i in idxs]
                 done = await asyncio.to_thread(self._pass, batch, sampling, [flags[i] for i in idxs], None)
                 for i, out in zip(idxs, done, strict=True):
@@ -318,7 +319,7 @@ class TransformersEngine(ConfiguredEngine):
                 stopping=criteria,
                 sampling=self._sampling_kwargs(sampling),
                 streamer=streamer,
-                adapter=requests[0].adapter,  # one adapter per pass (generate groups by it)
+                adapters=[r.adapter for r in requests],
             )
             self.cpu_ms += round((time.thread_time() - cpu) * 1000)
         except Exception as e:

@@ -137,21 +137,22 @@ class TransformersSpecialist(TokenizerCounter):
         stopping: Any = None,
         sampling: dict[str, Any] | None = None,
         streamer: Any = None,
-        adapter: str | None = None,
+        adapters: Sequence[str | None] = (),
     ) -> list[list[int]]:
         """Left-pad, generate, and return each row's new tokens (padding after a stop included).
 
         `stopping` / `sampling` replace the config's stop criteria / sampling kwargs (the engine's per-request
-        settings); `streamer` is a transformers streamer fed each new token; `adapter`: the loaded LoRA adapter
-        this pass runs under (None: the bare model)."""
+        settings); `streamer` is a transformers streamer fed each new token; `adapters`: per row, the loaded LoRA
+        adapter it runs under (None: the bare model) — PEFT's mixed-batch inference, one pass for them all."""
         import torch
 
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        with self._lock, torch.inference_mode(), self._adapter_scope(adapter):
+        with self._lock, torch.inference_mode():
             out = self.model.generate(
+                **self._adapter_rows(adapters, len(ids)),
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
@@ -189,17 +190,18 @@ class TransformersSpecialist(TokenizerCounter):
             else:
                 self.model.delete_adapter(name)
 
-    def _adapter_scope(self, adapter: str | None) -> Any:
-        # Called under the lock: the active adapter is the model's state for the whole pass.
-        import contextlib
-
+    def _adapter_rows(self, adapters: Sequence[str | None], rows: int) -> dict[str, Any]:
+        # Called under the lock. Measured on the 2-core box (8 rows, 2 adapters): one mixed pass took 0.5x the
+        # time of one pass per adapter, with the same greedy answers.
         loaded = self.adapters
-        if adapter is None:
-            return self.model.disable_adapter() if loaded else contextlib.nullcontext()
-        if adapter not in loaded:
-            raise InvalidRequest(f"specialist {self.name}: adapter {adapter!r} is not loaded; loaded: {loaded}")
-        self.model.set_adapter(adapter)
-        return contextlib.nullcontext()
+        wanted = list(adapters) or [None] * rows
+        missing = sorted({a for a in wanted if a is not None and a not in loaded})
+        if missing:
+            what = f"adapter {missing[0]!r} is" if len(missing) == 1 else f"adapters {missing} are"
+            raise InvalidRequest(f"specialist {self.name}: {what} not loaded; loaded: {loaded}")
+        if not loaded:
+            return {}
+        return {"adapter_names": [a if a is not None else "__base__" for a in wanted]}
 
     def _sampling(self) -> dict[str, Any]:
         g = self.config.generation

@@ -1,9 +1,9 @@
 """BaseServer: the one deployment of a base model whose members are LoRA adapters of it.
 
 The replica holds the base once, with its members' adapters over it (unmerged); each request runs under its
-member's adapter: the transformers engine groups a batch by adapter (one pass each), vLLM batches requests for
-different adapters together (one `LoRARequest` per member). Each member keeps its own prompt template, window
-and decoding (`EngineSpecialist(engine, member)`).
+member's adapter: the transformers engine runs a batch mixing adapters as one pass (PEFT's mixed-batch
+inference), vLLM batches requests for different adapters together (one `LoRARequest` per member). Each member
+keeps its own prompt template, window and decoding (`EngineSpecialist(engine, member)`).
 
 With more members than `deployment.max_adapters_per_replica`, the replica loads adapters on demand through
 Serve's model multiplexing: the ingress sends each request with `multiplexed_model_id=<member>`, Serve's router

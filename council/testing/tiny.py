@@ -133,7 +133,7 @@ def build_lora_adapter(
             model(input_ids=ids, labels=labels).loss.backward()
             optimiser.step()
         model.eval()
-    model.save_pretrained(folder)
+    model.save_pretrained(str(folder))
     return str(folder)
 
 
