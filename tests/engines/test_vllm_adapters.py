@@ -23,7 +23,8 @@ from tests.engines.prompts import demo_prompts
 
 pytestmark = [pytest.mark.vllm, requires_vllm]
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
-EIGHT = Sampling(max_tokens=8, ignore_eos=True)
+# The demo's stop string: vLLM also ends on the checkpoint's eos list ("\n" among them), HF on its eos token.
+EIGHT = Sampling(max_tokens=8, stop=("\n",))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ async def test_two_adapters_on_one_vllm_engine_answer_as_each_merged_model(
         await merged.start()
         prompts = demo_prompts(merged.tokens, n=3)
         want[name] = [o.text.split() for o in await merged.generate([EngineRequest(p, EIGHT) for p in prompts])]
-    assert [want["a"][0][0], want["b"][0][0]] == ["fine", "prison"]  # what each was taught on the first prompt
+    assert [want["a"][0], want["b"][0]] == [["fine"], ["prison"]]  # what each was taught on the first prompt
     mixed = [EngineRequest(p, EIGHT, adapter=n) for p in prompts for n in ("a", "b")]  # one call, both adapters
     got = [o.text.split() for o in await vllm.generate(mixed)]
     assert got[0::2] == want["a"] and got[1::2] == want["b"]
