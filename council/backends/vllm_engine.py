@@ -18,9 +18,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ from council.backends.engine import (
     fit_prompt,
     parse_options,
 )
-from council.backends.lora import lora_rank
+from council.backends.vllm_setup import max_lora_rank, resolve_source, scoped_env
 from council.config import SpecialistConfig
 from council.engine_options import VLLMOptions
 from council.errors import ConfigError, InvalidRequest, ModelLoadError
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLMEngine", "VLLMOptions", "vllm_available"]
 
-# LoRA ranks vLLM accepts for max_lora_rank.
-_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The adapter name of a member that merges its own `adapter` (model + adapter): the engine's one LoRARequest.
 _OWN = "__own__"
 
@@ -59,53 +56,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-@contextlib.contextmanager
-def _env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the engine's start-up (its worker processes inherit them), then restore."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def resolve_source(source: str) -> str:
-    """A local folder as an absolute path; a hub id as is, or (with HF_HUB_OFFLINE) its cached snapshot folder."""
-    from council.backends.tokens import looks_local
-
-    if looks_local(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ModelLoadError(f"cannot load model: no such folder {source!r}", details={"path": source})
-        return str(path.resolve())
-    if not _offline():
-        return source
-    from huggingface_hub import snapshot_download
-
-    try:
-        return str(snapshot_download(source, local_files_only=True))
-    except Exception as e:
-        raise ModelLoadError(
-            f"cannot load model {source!r}: HF_HUB_OFFLINE is set and it is not in the local cache ({e})",
-            details={"path": source},
-        ) from e
-
-
-def _lora_rank(adapters: Sequence[str]) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds every adapter's rank."""
-    r = max(lora_rank(a) for a in adapters)
-    return next((x for x in _LORA_RANKS if x >= r), r)
 
 
 def _finish_reason(reason: str | None) -> FinishReason:
@@ -182,7 +132,8 @@ class VLLMEngine(ConfiguredEngine):
                 args[key] = getattr(o, key)
         if self.adapter_paths:
             slots = min(len(self.adapter_paths), self._slots or len(self.adapter_paths))
-            args.update(enable_lora=True, max_loras=slots, max_lora_rank=_lora_rank(list(self.adapter_paths.values())))
+            rank = max_lora_rank(list(self.adapter_paths.values()))
+            args.update(enable_lora=True, max_loras=slots, max_lora_rank=rank)
         for key, value in o.engine_args.items():
             if key not in known:
                 raise ConfigError(
@@ -227,7 +178,7 @@ class VLLMEngine(ConfiguredEngine):
                 for i, (name, path) in enumerate(self.adapter_paths.items(), start=1)
             }
         t0 = time.perf_counter()
-        with _env(self._env()):
+        with scoped_env(self._env()):
             try:
                 # Built in the event loop: the engine's output handler and sockets belong to this loop.
                 self._engine = AsyncLLM.from_engine_args(args)
