@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from council.bases import inherit_shared, shared_problems
+from council.config_io import NESTED as _NESTED
+from council.config_io import format_validation_error, resolve_paths, validated
 from council.engine_options import ENGINE_OPTIONS, refuse_simulated
-from council.errors import ConfigError, CouncilError
+from council.errors import ConfigError
 
-M = TypeVar("M", bound=BaseModel)
-# The error type of a field checked against another model: its context lists (sub-path, message) pairs.
-_NESTED = "nested_fields"
+__all__ = ["CouncilConfig", "SpecialistConfig", "format_validation_error", "resolve_paths", "validated"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -63,6 +64,13 @@ class DeploymentOptions(_Model):
     stuck_after_s: float = Field(
         300.0, gt=0, description="A forward pass running longer than this fails the health check (a wedged model)."
     )
+    max_adapters_per_replica: int | None = Field(
+        None,
+        ge=1,
+        description="A base's deployment only: most adapters one replica holds at once. With more members on the "
+        "base, Serve's model multiplexing sends each request to a replica that has its adapter; a replica loads one "
+        "on first use and evicts its least recently used one. None: every replica holds all of them.",
+    )
 
 
 class GenerationOptions(_Model):
@@ -79,7 +87,18 @@ class SpecialistConfig(_Model):
         description="Local checkpoint folder or hub id of the causal LM (or base model); for engine: openai, the "
         "model name the endpoint serves (its `model` field)."
     )
-    adapter: str | None = Field(None, description="Optional PEFT adapter folder applied over `model`.")
+    base: str | None = Field(
+        None,
+        description="Instead of `model`: the local folder or hub id of a base model this specialist is a LoRA "
+        "`adapter` of. All members on one base are served by ONE deployment holding the base once, which applies "
+        "each request's adapter (their engine, engine_options, dtype and deployment: the first member's). `model` "
+        "is then the base.",
+    )
+    adapter: str | None = Field(
+        None,
+        description="PEFT adapter folder: with `model`, merged into that model on the member's own deployment; with "
+        "`base`, applied per request on the base's shared deployment.",
+    )
     domain: str = Field("general", description="The domain this specialist is strong in.")
     description: str = Field("", description="What it knows; embedded for routing.")
     examples: list[str] = Field(default_factory=list, description="Example questions; embedded for routing.")
@@ -108,6 +127,17 @@ class SpecialistConfig(_Model):
         description="engine: openai only (required there): the remote model's tokenizer, for its token budget: a "
         "local folder or hub id of a Hugging Face tokenizer, or `tiktoken:<encoding>` (e.g. tiktoken:o200k_base).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_base(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("base"), str):
+            return data
+        if data.get("model", data["base"]) != data["base"]:  # a dumped config repeats the base as its model
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": [(
+                "model", "give either a full `model` or a `base` with an `adapter`, not both"
+            )]})  # fmt: skip
+        return {**data, "model": data["base"]}
 
     @field_validator("name")
     @classmethod
@@ -146,9 +176,14 @@ class SpecialistConfig(_Model):
                 problems.append(("deployment.num_gpus", "a remote member's replica needs no GPU: leave it at 0"))
             if self.adapter is not None:
                 problems.append(("adapter", "a remote member serves its own adapters: name it in `model` instead"))
+            if self.base is not None:
+                problems.append(("base", "a remote member runs on its endpoint, not on a shared base: name its "
+                                 "model in `model`"))  # fmt: skip
         elif self.tokenizer is not None:
             problems.append(("tokenizer", f"only engine: openai members take one; a {self.engine} member's tokenizer "
                              "is its model's"))  # fmt: skip
+        if self.engine != "openai" and self.base is not None and self.adapter is None:
+            problems.append(("adapter", "a member on a `base` is a LoRA adapter of it: name its PEFT adapter folder"))
         if problems:
             raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
         return self
@@ -350,6 +385,20 @@ class CouncilConfig(_Model):
             raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_base_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "specialists" in data:
+            return {**data, "specialists": inherit_shared(data["specialists"])}
+        return data
+
+    @model_validator(mode="after")
+    def _bases(self) -> CouncilConfig:
+        problems = shared_problems(self.specialists)
+        if problems:
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> CouncilConfig:
         names = [s.name for s in self.specialists]
@@ -386,52 +435,3 @@ class CouncilConfig(_Model):
         config = cls.from_dict(resolve_paths(data, p.parent), source=str(p))
         refuse_simulated(((s.name, s.engine) for s in config.specialists), str(p))
         return config
-
-
-def resolve_paths(data: Any, base: Path) -> Any:
-    """Make specialists' relative `model`/`adapter` paths (a remote member's `tokenizer`) absolute when they exist
-    next to the YAML file, and a relative `retrieval.path` relative to the file's folder.
-
-    Hub ids ("org/name") are left alone unless a folder of that name exists beside the file.
-    """
-    if not isinstance(data, dict):
-        return data
-    retrieval = data.get("retrieval")
-    if isinstance(retrieval, dict) and isinstance(retrieval.get("path"), str):
-        store = Path(retrieval["path"]).expanduser()
-        data = {**data, "retrieval": {**retrieval, "path": str(store if store.is_absolute() else base / store)}}
-    if not isinstance(data.get("specialists"), list):
-        return data
-    specs = []
-    for spec in data["specialists"]:
-        if isinstance(spec, dict):
-            spec = dict(spec)
-            remote = spec.get("engine") == "openai"  # its `model` names what the endpoint serves, never a folder
-            for key in ("tokenizer",) if remote else ("model", "adapter"):
-                value = spec.get(key)
-                if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-                    spec[key] = str((base / value).resolve())
-        specs.append(spec)
-    return {**data, "specialists": specs}
-
-
-def validated(model: type[M], data: Any, source: str, error: type[CouncilError]) -> M:
-    """`data` (a mapping) as `model`; else `error` whose message starts with `source` and names each bad field."""
-    if not isinstance(data, dict):
-        raise error(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise error(f"{source}: {format_validation_error(e)}") from None
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """'specialists.0.name: Field required; router.k: ...' — the dotted field path first."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-        if err["type"] == _NESTED:  # e.g. engine_options checked against its engine's model
-            parts += [f"{loc}.{sub}: {msg}" if sub else f"{loc}: {msg}" for sub, msg in err["ctx"]["nested"]]
-        else:
-            parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)

@@ -87,12 +87,15 @@ class EngineRequest:
 
     `messages`: the same request as (role, content) chat messages, when it was built from one (EngineSpecialist);
     () for a bare prompt (an engine that speaks chat then sends `prompt` as one user message).
+    `adapter`: on an engine holding a base and its members' LoRA adapters, the member whose adapter this request
+    runs under; None: the engine's own model.
     """
 
     prompt: str
     sampling: Sampling
     request_id: str = field(default_factory=new_request_id)
     messages: tuple[Message, ...] = ()
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,11 +273,28 @@ def replace_sampling(request: EngineRequest, **changes: Any) -> EngineRequest:
 
 class EngineSpecialist:
     """The council's `Specialist` (and `generate_batch`, what SpecialistServer's @serve.batch calls) over an engine:
-    renders the member's prompt with its own template and tokenizer, decodes with its configured settings."""
+    renders the member's prompt with its own template and tokenizer, decodes with its configured settings.
 
-    def __init__(self, engine: Engine) -> None:
+    `member`: one of the members sharing the engine's base (a LoRA adapter of it): its own prompt template, window
+    and decoding over the engine's tokenizer, and its requests run under its adapter."""
+
+    def __init__(self, engine: Engine, member: SpecialistConfig | None = None) -> None:
         self.engine = engine
-        self.name = engine.name
+        self.name = engine.name if member is None else member.name
+        self.member = member
+        self._tokens: TokenizerCounter | None = None
+
+    @property
+    def tokens(self) -> TokenizerCounter:
+        """The member's tokenizer view (the engine's own, unless this is a member on a shared base)."""
+        if self.member is None:
+            return self.engine.tokens
+        if self._tokens is None:
+            from council.backends.tokens import TokenizerCounter, load_model_config
+
+            shared = self.engine.tokens.tokenizer  # the base's tokenizer, loaded once for all its members
+            self._tokens = TokenizerCounter(self.member, shared, load_model_config(self.member.model))
+        return self._tokens
 
     def request(
         self,
@@ -288,18 +308,20 @@ class EngineSpecialist:
         """The engine request for one question (after a chat's `history`, see TokenizerCounter.render_prompt);
         `sampling` overrides the member's settings (None: keep). With `answers` (the members' answers, anonymised
         and in the order to show) it is a chairman's synthesis instead (TokenizerCounter.render_chairman)."""
-        base = self.engine.default_sampling
+        member = self.member
+        base = self.engine.default_sampling if member is None else Sampling.from_generation(member.generation)
         changes = {k: v for k, v in sampling.items() if v is not None}
         if "stop" in changes:
             changes["stop"] = tuple(changes["stop"])
-        tokens = self.engine.tokens
+        tokens = self.tokens
         if answers is None:
             prompt = tokens.render_prompt(question, passages, history)
             messages = tokens.render_messages(question, passages, history)
         else:
             prompt, messages = tokens.render_chairman(question, passages, answers, history)
         turns = tuple((m["role"], m["content"]) for m in messages)
-        return EngineRequest(prompt, dataclasses.replace(base, **changes), messages=turns)
+        adapter = None if member is None else member.name
+        return EngineRequest(prompt, dataclasses.replace(base, **changes), messages=turns, adapter=adapter)
 
     async def generate(self, question: str, passages: Sequence[str]) -> Generation:
         [out] = await self.engine.generate([self.request(question, passages)])

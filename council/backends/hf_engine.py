@@ -77,9 +77,21 @@ class TransformersEngine(ConfiguredEngine):
     kind = "transformers"
     batches_itself = False
 
-    def __init__(self, config: SpecialistConfig, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: SpecialistConfig,
+        options: Mapping[str, Any] | None = None,
+        adapters: Mapping[str, str] | None = None,
+        *,
+        load_adapters: bool = True,
+    ) -> None:
+        """`adapters`: name -> PEFT LoRA folder of the members sharing this (unmerged) base: each request runs
+        under its own (`EngineRequest.adapter`). `load_adapters`: load them all at start; False: one by one with
+        `add_adapter` (a multiplexed replica)."""
         self.config = config
         self.name = config.name
+        self.adapter_paths = dict(adapters or {})
+        self._preload = load_adapters
         self.options = parse_options(TransformersOptions, options, config.name)
         self.stuck_after_s = self.options.stuck_after_s or config.deployment.stuck_after_s
         self._model: TransformersSpecialist | None = None
@@ -116,7 +128,31 @@ class TransformersEngine(ConfiguredEngine):
         if self._model is None:
             from council.backends.transformers import TransformersSpecialist
 
-            self._model = TransformersSpecialist(self.config)
+            model = TransformersSpecialist(self.config)
+            for name, path in self.adapter_paths.items() if self._preload else ():
+                model.load_adapter(name, path)
+            self._model = model
+
+    # -- the members' adapters --------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters loaded right now."""
+        return self._model.adapters if self._model is not None else []
+
+    async def add_adapter(self, name: str) -> None:
+        """Load the adapter of member `name` (one of `adapter_paths`); a no-op when it is loaded."""
+        model = self._live()
+        if name not in self.adapter_paths:
+            raise InvalidRequest(f"engine {self.name}: no adapter {name!r}; known: {sorted(self.adapter_paths)}")
+        if name not in model.adapters:
+            await asyncio.to_thread(model.load_adapter, name, self.adapter_paths[name])
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload the adapter of member `name` (after the pass running now, if any)."""
+        model = self._live()
+        if name in model.adapters:
+            await asyncio.to_thread(model.delete_adapter, name)
 
     async def shutdown(self) -> None:
         self._closed = True
@@ -137,6 +173,7 @@ class TransformersEngine(ConfiguredEngine):
             "engine": self.kind,
             "name": self.name,
             "model": self.config.model,
+            "adapters": self.adapters,
             "device": str(m.device) if m else None,
             "dtype": str(m.dtype) if m else None,
             "context_window": self.context_window,
@@ -149,7 +186,8 @@ class TransformersEngine(ConfiguredEngine):
     # -- requests ---------------------------------------------------------------------------------------------
 
     async def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        """One `generate` pass per group of requests with equal sampling settings, in a worker thread."""
+        """One `generate` pass per group of requests with equal sampling settings, in a worker thread; requests for
+        different adapters of the base share it (PEFT's mixed-batch inference)."""
         self._live()
         groups: dict[Sampling, list[int]] = {}
         for i, r in enumerate(requests):
@@ -281,6 +319,7 @@ class TransformersEngine(ConfiguredEngine):
                 stopping=criteria,
                 sampling=self._sampling_kwargs(sampling),
                 streamer=streamer,
+                adapters=[r.adapter for r in requests],
             )
             self.cpu_ms += round((time.thread_time() - cpu) * 1000)
         except Exception as e:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +35,10 @@ from council.backends.engine import (
     fit_prompt,
     parse_options,
 )
+from council.backends.vllm_setup import max_lora_rank, resolve_source, scoped_env
 from council.config import SpecialistConfig
 from council.engine_options import VLLMOptions
-from council.errors import ConfigError, ModelLoadError
+from council.errors import ConfigError, InvalidRequest, ModelLoadError
 
 if TYPE_CHECKING:
     from council.backends.tokens import TokenizerCounter
@@ -48,8 +47,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLMEngine", "VLLMOptions", "vllm_available"]
 
-# LoRA ranks vLLM accepts for max_lora_rank.
-_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The adapter name of a member that merges its own `adapter` (model + adapter): the engine's one LoRARequest.
+_OWN = "__own__"
 
 
 def vllm_available() -> bool:
@@ -57,56 +56,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-@contextlib.contextmanager
-def _env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the engine's start-up (its worker processes inherit them), then restore."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def resolve_source(source: str) -> str:
-    """A local folder as an absolute path; a hub id as is, or (with HF_HUB_OFFLINE) its cached snapshot folder."""
-    from council.backends.tokens import looks_local
-
-    if looks_local(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ModelLoadError(f"cannot load model: no such folder {source!r}", details={"path": source})
-        return str(path.resolve())
-    if not _offline():
-        return source
-    from huggingface_hub import snapshot_download
-
-    try:
-        return str(snapshot_download(source, local_files_only=True))
-    except Exception as e:
-        raise ModelLoadError(
-            f"cannot load model {source!r}: HF_HUB_OFFLINE is set and it is not in the local cache ({e})",
-            details={"path": source},
-        ) from e
-
-
-def _lora_rank(adapter: str) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds the adapter's rank."""
-    try:
-        r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
-    except (OSError, KeyError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the LoRA rank of adapter {adapter!r}: {e}", details={"path": adapter}) from e
-    return next((x for x in _LORA_RANKS if x >= r), r)
 
 
 def _finish_reason(reason: str | None) -> FinishReason:
@@ -119,13 +68,30 @@ class VLLMEngine(ConfiguredEngine):
     kind = "vllm"
     batches_itself = True
 
-    def __init__(self, config: SpecialistConfig, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: SpecialistConfig,
+        options: Mapping[str, Any] | None = None,
+        adapters: Mapping[str, str] | None = None,
+        *,
+        load_adapters: bool = True,
+        slots: int | None = None,
+    ) -> None:
+        """`adapters`: name -> PEFT LoRA folder of the members sharing this base, one `LoRARequest` each (requests
+        for different adapters batch together). `load_adapters`: all of them usable from the start; False: each
+        after `add_adapter` (a multiplexed replica). `slots`: adapters in one batch at most (vLLM's max_loras)."""
         self.config = config
         self.name = config.name
         self.options = parse_options(VLLMOptions, options, config.name)
         self._engine: Any = None
         self._counter: TokenizerCounter | None = None
-        self._lora: Any = None
+        paths = dict(adapters or {})
+        if config.adapter and not paths:
+            paths = {_OWN: config.adapter}
+        self.adapter_paths = {k: str(Path(v).expanduser().resolve()) for k, v in paths.items()}
+        self._slots = slots
+        self._loras: dict[str, Any] = {}  # name -> LoRARequest (int ids from 1, in adapter_paths' order)
+        self._loaded: set[str] = set(self.adapter_paths) if load_adapters else set()
         self._closed = False
         self._device = "unknown"
         self.load_s: float | None = None
@@ -164,8 +130,10 @@ class VLLMEngine(ConfiguredEngine):
         for key in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching"):
             if getattr(o, key) is not None:
                 args[key] = getattr(o, key)
-        if self.config.adapter:
-            args.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(self.config.adapter))
+        if self.adapter_paths:
+            slots = min(len(self.adapter_paths), self._slots or len(self.adapter_paths))
+            rank = max_lora_rank(list(self.adapter_paths.values()))
+            args.update(enable_lora=True, max_loras=slots, max_lora_rank=rank)
         for key, value in o.engine_args.items():
             if key not in known:
                 raise ConfigError(
@@ -202,12 +170,15 @@ class VLLMEngine(ConfiguredEngine):
                 "build, GPU machines take the official `vllm` wheel (README)"
             ) from e
         args = self.engine_args()
-        if self.config.adapter:
+        if self.adapter_paths:
             from vllm.lora.request import LoRARequest
 
-            self._lora = LoRARequest(f"{self.name}-adapter", 1, str(Path(self.config.adapter).expanduser().resolve()))
+            self._loras = {
+                name: LoRARequest(f"{self.name}-{name}", i, path)
+                for i, (name, path) in enumerate(self.adapter_paths.items(), start=1)
+            }
         t0 = time.perf_counter()
-        with _env(self._env()):
+        with scoped_env(self._env()):
             try:
                 # Built in the event loop: the engine's output handler and sockets belong to this loop.
                 self._engine = AsyncLLM.from_engine_args(args)
@@ -229,6 +200,29 @@ class VLLMEngine(ConfiguredEngine):
         if engine is not None:
             engine.shutdown()
 
+    # -- the members' adapters --------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters requests may run under right now."""
+        return [a for a in self.adapter_paths if a in self._loaded and a != _OWN]
+
+    async def add_adapter(self, name: str) -> None:
+        """Load member `name`'s adapter into the engine now (vLLM's LoRA cache), not at its first request."""
+        engine = self._live()
+        if name not in self._loras:
+            raise InvalidRequest(f"engine {self.name}: no adapter {name!r}; known: {sorted(self._loras)}")
+        if name not in self._loaded:
+            await engine.add_lora(self._loras[name])
+            self._loaded.add(name)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Drop member `name`'s adapter from the engine's LoRA cache."""
+        engine = self._live()
+        if name in self._loaded:
+            self._loaded.discard(name)
+            await engine.remove_lora(self._loras[name].lora_int_id)
+
     # -- what the council reads -------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -236,6 +230,7 @@ class VLLMEngine(ConfiguredEngine):
             "engine": self.kind,
             "name": self.name,
             "model": self.config.model,
+            "adapters": self.adapters,
             "device": self._device,
             "context_window": self.context_window,
             "max_new_tokens": self.tokens.max_new_tokens,
@@ -305,7 +300,7 @@ class VLLMEngine(ConfiguredEngine):
         ids = fit_prompt(self.tokens.encode_prompt(request.prompt), self.context_window, request.sampling.max_tokens)
         params = self._params(request.sampling, kind)
         outputs = engine.generate(
-            TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=self._lora
+            TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=self._lora_of(request)
         )
         try:
             # aclosing: a consumer that stops early closes vLLM's generator now (which aborts the request), not
@@ -333,6 +328,14 @@ class VLLMEngine(ConfiguredEngine):
             raise EngineDead(f"engine {self.name} is dead: {type(e).__name__}: {e}") from e
 
     # -- internals --------------------------------------------------------------------------------------------
+
+    def _lora_of(self, request: EngineRequest) -> Any:
+        name = request.adapter or (_OWN if _OWN in self._loras else None)
+        if name is None:
+            return None
+        if name not in self._loaded:
+            raise InvalidRequest(f"engine {self.name}: adapter {name!r} is not loaded; loaded: {self.adapters}")
+        return self._loras[name]
 
     def _live(self) -> Any:
         if self._engine is None or self._closed:

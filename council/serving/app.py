@@ -11,10 +11,12 @@ from ray import serve
 from ray.serve import Application
 
 from council.backends.faulty import Faults
+from council.bases import base_deployment_names, by_base
 from council.config import CouncilConfig, SpecialistConfig, format_validation_error
 from council.engine_options import refuse_simulated
 from council.errors import ConfigError
 from council.serving.aggregator import AggregatorServer
+from council.serving.base_server import AsyncBaseServer, BaseServer
 from council.serving.ingress import RouterIngress
 from council.serving.specialist import AsyncSpecialistServer, SpecialistServer
 from council.serving.store import RetrievalServer
@@ -122,6 +124,30 @@ def _specialist(spec: SpecialistConfig, fault: Faults | None, config: CouncilCon
     )
 
 
+def _bases(config: CouncilConfig, faults: dict[str, Faults]) -> dict[str, Application]:
+    """One deployment per shared base (`Base_<name>`), bound once and named by each of its members."""
+    specs = {s.name: s for s in config.specialists}
+    groups = by_base(config.specialists)
+    on_base = sorted(set(faults) & {n for names in groups.values() for n in names})
+    if on_base:
+        raise ConfigError(f"build_app args: faults: {on_base} are members of a shared base; inject faults into "
+                          "specialists on their own deployments")  # fmt: skip
+    apps: dict[str, Application] = {}
+    for base, name in base_deployment_names(groups).items():
+        members = [specs[n] for n in groups[base]]
+        lead = members[0]
+        server = BaseServer if lead.engine == "transformers" else AsyncBaseServer
+        deployment: Any = serve.deployment(server, name=name, **_replica_options(lead))
+        embed = config.aggregator.answers_embedded_by == "members"
+        app = deployment.bind(
+            name,
+            [m.model_dump(mode="json") for m in members],
+            answer_embedder=(config.retrieval.embedder or "") if embed else None,
+        )
+        apps.update(dict.fromkeys(groups[base], app))
+    return apps
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """The council as a Serve application: `import_path: council.serving.app:build_app` in a Serve config.
 
@@ -135,6 +161,10 @@ def build_app(args: dict[str, Any]) -> Application:
         raise ConfigError(f"build_app args: {format_validation_error(e)}") from None
     config = load_config(app_args)
     refuse_simulated(((s.name, s.engine) for s in config.specialists), "build_app")
+    if any(s.adapter for s in config.specialists):
+        from council.backends.lora import check_adapters
+
+        check_adapters(config, source=app_args.config or "config_dict")
     names = [s.name for s in config.specialists]
     unknown = sorted(set(app_args.faults) - set(names))
     if unknown:
@@ -146,7 +176,11 @@ def build_app(args: dict[str, Any]) -> Application:
         "max_ongoing_requests": router.max_ongoing_requests,
         "max_queued_requests": router.max_queued_requests,
     }
-    specialists = {s.name: _specialist(s, app_args.faults.get(s.name), config) for s in config.specialists}
+    bases = _bases(config, app_args.faults)
+    specialists = {
+        s.name: bases[s.name] if s.name in bases else _specialist(s, app_args.faults.get(s.name), config)
+        for s in config.specialists
+    }
     deploy: Any = serve.deployment  # its overloads hide `.bind` from the type checker
     retrieval = deploy(
         RetrievalServer,
@@ -178,5 +212,5 @@ def build_app(args: dict[str, Any]) -> Application:
         backpressure_config={"status_code": 503, "retry_after_s": router.retry_after_s},
         **shared,
     )
-    log.info("council app: %d specialists %s", len(names), names)
+    log.info("council app: %d specialists %s, %d on shared bases", len(names), names, len(bases))
     return ingress.bind(config.model_dump(mode="json"), specialists, retrieval, aggregator)

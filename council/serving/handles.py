@@ -48,11 +48,16 @@ def _member_lost(name: str, error: BaseException) -> MemberUnavailable | None:
 
 
 class HandleSpecialist:
-    """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment."""
+    """`Specialist` (and `ChatSpecialist`, `Chairman`) over a SpecialistServer deployment, or over the BaseServer
+    deployment of a base it shares (`on_base`: each call names the member; `multiplexed`: and goes by Serve's model
+    multiplexing to a replica that holds its adapter)."""
 
-    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle, *, on_base: bool = False, multiplexed: bool = False
+    ) -> None:
         self.name = name
-        self.handle = handle
+        self.handle = handle.options(multiplexed_model_id=name) if multiplexed else handle
+        self._member: dict[str, str] = {"member": name} if on_base else {}
 
     async def generate(
         self, question: str, passages: Sequence[str], conversation: Conversation | None = None
@@ -66,7 +71,7 @@ class HandleSpecialist:
 
     async def _generate(self, *args: Any) -> Generation:
         try:
-            result: Generation = await call(self.handle, "generate", *args)
+            result: Generation = await call(self.handle, "generate", *args, **self._member)
         except Exception as e:
             lost = _member_lost(self.name, e)
             if lost is None:
@@ -112,7 +117,7 @@ class HandleSpecialist:
     ) -> AsyncIterator[tuple[str, Generation | None]]:
         conv = conversation or Conversation()
         responses: Any = self.handle.options(stream=True).stream.remote(
-            question, list(passages), dict(conv.sampling), list(conv.history), answers
+            question, list(passages), dict(conv.sampling), list(conv.history), answers, **self._member
         )
         t0 = time.perf_counter()
         pieces: list[str] = []

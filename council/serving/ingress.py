@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from council.backends.store_lock import store_identity
+from council.bases import by_base, multiplexed
 from council.config import CouncilConfig
 from council.credentials import Grant, RateLimiter, load_table
 from council.errors import InvalidRequest
@@ -63,10 +64,18 @@ class RouterIngress:
         self.council = Council(
             self.config,
             embedder=self.embedder,
-            specialists={name: HandleSpecialist(name, h) for name, h in specialists.items()},
+            specialists={name: self._handle_specialist(name, h) for name, h in specialists.items()},
             aggregator=HandleAggregator(aggregator) if aggregator is not None else self._local_aggregator(),
             retriever=self.retriever,
         )
+
+    def _handle_specialist(self, name: str, handle: DeploymentHandle) -> HandleSpecialist:
+        spec = self.config.specialist(name)
+        if spec.base is None:
+            return HandleSpecialist(name, handle)
+        members = len(by_base(self.config.specialists)[spec.base])
+        mux = multiplexed(spec.deployment.max_adapters_per_replica, members)
+        return HandleSpecialist(name, handle, on_base=True, multiplexed=mux)
 
     def _local_aggregator(self) -> Aggregator:
         """Trimming and agreement in this process: every member's tokenizer (no weights), this ingress's embedder

@@ -44,12 +44,11 @@ class SpecialistServer:
         """`fault`: fault injection for resilience tests (council.backends.faulty.Faults fields), None: none.
         `answer_embedder`: embed each answer right after generating it, with this sentence-transformers model
         ("" = the bundled MiniLM), and return the vector with the Generation; None: do not embed."""
-        from council.backends.engines import build_engine
         from council.backends.faulty import Faults, FaultyEngine
         from council.backends.hf_engine import TransformersEngine
 
         self.config = SpecialistConfig.model_validate(config)
-        base = build_engine(self.config, self.config.engine, self.config.engine_options)
+        base = self._build_engine()
         if isinstance(base, TransformersEngine):
             base.load()  # as before the engines: the replica is ready once its model is
         self.base_engine = base
@@ -84,6 +83,23 @@ class SpecialistServer:
         )(self._run_batch)
         self._in_generate = 0  # requests inside generate(): at the gate, queued or in a pass
 
+    def _build_engine(self) -> Engine:
+        from council.backends.engines import build_engine
+
+        return build_engine(self.config, self.config.engine, self.config.engine_options)
+
+    def _member(self, member: str | None) -> EngineSpecialist:
+        """The specialist a request is for: this deployment's own (a base's deployment holds several)."""
+        if member not in (None, self.config.name):
+            raise InvalidRequest(f"specialist {self.config.name}: this deployment does not serve {member!r}")
+        return self.specialist
+
+    async def _enter(self, member: str | None) -> None:
+        """Before a request's work: a multiplexed base's replica makes sure the member's adapter is loaded."""
+
+    def _exit(self, member: str | None) -> None:
+        """After a request's work (see `_enter`)."""
+
     async def start(self) -> None:
         """Start the engine (idempotent); vLLM builds its engine core here (~30 s for the demo checkpoint)."""
         async with self._start_lock:
@@ -100,6 +116,7 @@ class SpecialistServer:
         sampling: Mapping[str, Any] | None = None,
         history: Sequence[tuple[str, str]] = (),
         answers: Sequence[str] | None = None,
+        member: str | None = None,
     ) -> Generation:
         """Answer a question from its (already trimmed) passages. Cancelling the call aborts an engine request
         that batches itself (vLLM, openai); a transformers pass that has begun runs to its end.
@@ -108,13 +125,17 @@ class SpecialistServer:
         top_p, seed, stop, ignore_eos); the prompt and max_tokens must fit the member's context window.
         `history`: a chat's system messages and earlier turns, (role, text), rendered before the question.
         `answers`: the members' answers, anonymised and in the order to show: this request is this member's
-        synthesis as the council's chairman (council.prompts.chairman_messages)."""
+        synthesis as the council's chairman (council.prompts.chairman_messages). `member`: which of a base's
+        members answers (None: this deployment's own specialist)."""
         self._stats["requests"] += 1
         self._in_generate += 1
+        entered = False
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling, history, answers)
+            request = self._request(question, passages, sampling, history, answers, member)
+            await self._enter(member)
+            entered = True
             if self.batched:
                 if self.faulty is not None:
                     await self.faulty.admit()
@@ -129,6 +150,8 @@ class SpecialistServer:
             raise
         finally:
             self._in_generate -= 1
+            if entered:
+                self._exit(member)
         return result
 
     async def stream(
@@ -138,6 +161,7 @@ class SpecialistServer:
         sampling: Mapping[str, Any] | None = None,
         history: Sequence[tuple[str, str]] = (),
         answers: Sequence[str] | None = None,
+        member: str | None = None,
     ) -> AsyncIterator[EngineDelta]:
         """`generate`, streamed: the answer's text as the engine produces it (call with
         `handle.options(stream=True)`). Each delta carries the new text; the last one has `finish_reason` and the
@@ -148,14 +172,16 @@ class SpecialistServer:
         try:
             if not self.engine.ready:
                 await self.start()
-            request = self._request(question, passages, sampling, history, answers)
+            request = self._request(question, passages, sampling, history, answers, member)
             if self.batched and self.faulty is not None:
                 await self.faulty.admit()
+            await self._enter(member)
             deltas = self.engine.stream(request)
             try:
                 async for delta in deltas:
                     yield delta
             finally:  # now, not when garbage-collected: closing the engine's stream aborts its request
+                self._exit(member)
                 aclose = getattr(deltas, "aclose", None)
                 if aclose is not None:
                     await aclose()
@@ -173,13 +199,15 @@ class SpecialistServer:
         sampling: Mapping[str, Any] | None,
         history: Sequence[tuple[str, str]],
         answers: Sequence[str] | None = None,
+        member: str | None = None,
     ) -> EngineRequest:
+        specialist = self._member(member)
         try:
             turns = [(str(role), str(text)) for role, text in history]
             shown = None if answers is None else [str(a) for a in answers]
-            return self.specialist.request(question, passages, turns, answers=shown, **dict(sampling or {}))
+            return specialist.request(question, passages, turns, answers=shown, **dict(sampling or {}))
         except (TypeError, ValueError) as e:  # an unknown field, or a value Sampling refuses
-            raise InvalidRequest(f"specialist {self.config.name}: bad sampling {dict(sampling or {})}: {e}") from None
+            raise InvalidRequest(f"specialist {specialist.name}: bad sampling {dict(sampling or {})}: {e}") from None
 
     async def _generate_batched(self, request: EngineRequest) -> Generation:
         await self._gate.wait_idle()

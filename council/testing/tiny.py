@@ -98,3 +98,52 @@ def tiny_specialist_config(path: Path | str, name: str = "tiny", **overrides: An
     }
     fields.update(overrides)
     return SpecialistConfig.model_validate(fields)
+
+
+def build_lora_adapter(
+    base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5, teach: tuple[str, str] | None = None
+) -> str:
+    """A rank-8 PEFT LoRA on q_proj/v_proj of a Llama `base`, saved to `folder` with `save_pretrained`
+    (adapter_config.json, adapter_model.safetensors). Its B matrices are random (not zero), so it changes the base's
+    answers; with `teach` = (prompt, answer) it is then trained a few steps to continue that prompt with that
+    answer (random adapters of a tiny model tend to collapse onto the same few words)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, scale)
+    if teach is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        prompt = tokenizer(teach[0], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + teach[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        for _ in range(40):
+            optimiser.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            optimiser.step()
+        model.eval()
+    model.save_pretrained(str(folder))
+    return str(folder)
+
+
+def build_wider_llama(source: str | Path, path: Path) -> Path:
+    """A random Llama like `source` (its tokenizer too) but twice as wide: adapters of `source` do not fit it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(source))
+    config.hidden_size *= 2
+    config.intermediate_size *= 2
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(path)
+    return path

@@ -4,7 +4,6 @@ unmerged), the transformers engine merges it; greedy answers agree, and differ f
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -13,6 +12,7 @@ from council.backends.engine import EngineRequest, Sampling
 from council.backends.hf_engine import TransformersEngine
 from council.backends.vllm_engine import VLLMEngine
 from council.config import SpecialistConfig
+from council.testing.tiny import build_lora_adapter
 from tests.engines.conftest import requires_vllm
 from tests.engines.prompts import demo_prompts
 
@@ -20,28 +20,9 @@ pytestmark = [pytest.mark.vllm, requires_vllm]
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-def make_adapter(base: str, folder: Path, seed: int = 0) -> str:
-    """A rank-8 LoRA on q_proj/v_proj with random (not zero) B matrices, so it changes the answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def adapted(legal: SpecialistConfig, tmp_path_factory: pytest.TempPathFactory) -> SpecialistConfig:
-    adapter = make_adapter(legal.model, tmp_path_factory.mktemp("lora") / "legal-lora")
+    adapter = build_lora_adapter(legal.model, tmp_path_factory.mktemp("lora") / "legal-lora")
     return legal.model_copy(update={"name": "legal-lora", "adapter": adapter})
 
 

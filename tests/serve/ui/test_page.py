@@ -206,7 +206,11 @@ def test_a_failed_member_shows_its_error_and_the_answer_is_degraded(page: Page, 
     page.ask(q.question)
     page.verdict()
     broken = page.cards()[BROKEN]
-    assert "error" in broken.get_attribute("class") and "injected failure" in broken.text
+    # The API's redacted error (code, reason, incident id), never the member's exception text.
+    shown = next(m for m in want["members"] if m["name"] == BROKEN)
+    assert shown["error_code"] == "member_error" and shown["incident"]
+    assert "error" in broken.get_attribute("class") and "member_error" in broken.text
+    assert "injected failure" not in broken.text
     assert "degraded" in page.text("badges") and page.text("answer") == want["answer"]
 
 
