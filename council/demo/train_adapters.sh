@@ -8,8 +8,9 @@ PY=${PY:-.venv/bin/python}
 run() { nice -n 10 "$PY" -m council.jobs.specialize --out council/demo --general-from council/demo/general \
     --adapters --threads 1 "$@"; }
 mkdir -p runs
-( run --only finance-1 --branch-steps 500 && run --only medical-1 medical-2 --branch-steps 300 ) \
-    > runs/adapters-a.log 2>&1 &
-( run --only finance-2 --branch-steps 500 && run --only legal-1 legal-2 --branch-steps 300 ) \
-    > runs/adapters-b.log 2>&1 &
+# Each member is its own command (its adapter is saved when it ends): on a busy box the first ones land first.
+( run --only legal-1 --branch-steps 300 && run --only legal-2 --branch-steps 300 \
+    && run --only finance-1 --branch-steps 500 ) > runs/adapters-a.log 2>&1 &
+( run --only medical-1 --branch-steps 300 && run --only medical-2 --branch-steps 300 \
+    && run --only finance-2 --branch-steps 500 ) > runs/adapters-b.log 2>&1 &
 wait
