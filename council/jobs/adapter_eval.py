@@ -36,11 +36,15 @@ def probe(model: Any, tok: Any, world: World, m: Member) -> dict[str, float]:
 
 
 def compare(demo: Path, world_seed: int = 0) -> dict[str, Any]:
-    """Per specialist: the full checkpoint's and the merged adapter's accuracies and sizes on disk."""
+    """Per specialist that has an adapter: the full checkpoint's and the merged adapter's accuracies and sizes
+    on disk."""
     world = build_world(world_seed)
     plan = Plan(world_seed=world_seed)
     rows: dict[str, Any] = {}
     for m in (m for m in members(plan, world) if m.domain):
+        if not (demo / "adapters" / m.name / "adapter_config.json").exists():
+            log.warning("%s has no adapter in %s: left out", m.name, demo / "adapters")
+            continue
         full, tok = load_checkpoint(demo / "models" / m.name)
         adapter = load_merged(demo / "general", demo / "adapters" / m.name)
         rows[m.name] = {
@@ -49,6 +53,8 @@ def compare(demo: Path, world_seed: int = 0) -> dict[str, Any]:
             "adapter_bytes": folder_bytes(demo / "adapters" / m.name),
         }
         log.info("%s: %s", m.name, rows[m.name])
+    if not rows:
+        raise FileNotFoundError(f"no adapter in {demo / 'adapters'}: train them first (train_adapters.sh)")
     mean = {
         side: {k: sum(r[side][k] for r in rows.values()) / len(rows) for k in METRICS} for side in ("full", "adapter")
     }

@@ -75,8 +75,12 @@ def save_adapter(peft_model: Any, out: Path, base_dir: Path, meta: dict) -> Path
     and training.json. The config's base_model_name_or_path is the base's path relative to the adapter."""
     out.mkdir(parents=True, exist_ok=True)
     half = copy.deepcopy(peft_model).half()
-    half.peft_config["default"].base_model_name_or_path = os.path.relpath(base_dir, out)
+    half.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
     half.save_pretrained(out)
+    config_path = out / "adapter_config.json"  # relative once saved: PEFT reads the base's config while saving
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = os.path.relpath(base_dir, out)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     meta = {**meta, "base": os.path.relpath(base_dir, out), "base_sha256": base_digest(base_dir)}
     (out / "training.json").write_text(json.dumps(meta, indent=1, default=str))
     return out

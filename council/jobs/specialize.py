@@ -336,6 +336,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--ray", action="store_true", help="train the members as Ray tasks (num_cpus=threads)")
     lora = LoraPlan()
+    p.add_argument("--no-probe", action="store_true", help="skip the accuracy probes (quick runs)")
     p.add_argument("--adapters", action="store_true", help="each specialist a LoRA adapter over the shared base")
     p.add_argument("--lora-rank", type=int, default=lora.rank)
     p.add_argument("--lora-alpha", type=int, default=lora.alpha)
@@ -351,7 +352,7 @@ def plan_from_args(a: argparse.Namespace) -> Plan:
     shape = replace(base.shape, n_layer=a.n_layer, n_embd=a.n_embd, arch=a.arch)
     lora = LoraPlan(a.lora_rank, a.lora_alpha, a.lora_dropout, tuple(a.lora_targets), a.lora_lr)
     return replace(
-        base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads,
+        base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads, probe=not a.no_probe,
         generalist_shape=replace(base.generalist_shape, arch=a.arch),
         reading_warmup=replace(base.reading_warmup, steps=a.warmup_steps, batch=a.batch),
         general=replace(base.general, steps=a.general_steps, batch=a.batch),

@@ -20,7 +20,7 @@ from council.prompts import get_template
 
 pytestmark = pytest.mark.timeout(120)
 
-STEPS = ["--warmup-steps", "2", "--general-steps", "3", "--branch-steps", "3", "--batch", "4"]
+STEPS = ["--warmup-steps", "2", "--general-steps", "3", "--branch-steps", "3", "--batch", "4", "--no-probe"]
 PROMPT = get_template("qa").render("what is the penalty under the kavo act ?", [])
 
 
