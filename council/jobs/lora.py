@@ -81,6 +81,7 @@ def save_adapter(peft_model: Any, out: Path, base_dir: Path, meta: dict) -> Path
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = os.path.relpath(base_dir, out)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template; training.json says it all
     meta = {**meta, "base": os.path.relpath(base_dir, out), "base_sha256": base_digest(base_dir)}
     (out / "training.json").write_text(json.dumps(meta, indent=1, default=str))
     return out

@@ -248,7 +248,8 @@ def specialize(
 
     `general_only` stops after the general phase (saved in out/runs/general), for `--general-from` later.
     With `plan.adapters` the branches are LoRA adapters (out/adapters/<name>) over the base (`general_from`, else
-    out/runs/general), listed in out/adapters.yaml; the generalist, a model of its own shape, is not trained.
+    out/runs/general); out/adapters.yaml lists every adapter in out/adapters. The generalist (a model of its own
+    shape) is not trained.
     """
     import torch
 
@@ -293,7 +294,8 @@ def specialize(
         report_path = out / "training-report.json"
     else:
         reports = _run_members(plan, todo, base_state, out / "adapters", use_ray, base_dir)
-        write_council_yaml(out / "adapters.yaml", specialists, base=os.path.relpath(base_dir, out))
+        trained = [m for m in specialists if (out / "adapters" / m.name / "adapter_config.json").exists()]
+        write_council_yaml(out / "adapters.yaml", trained, base=os.path.relpath(base_dir, out))
         report_path = out / "adapters-report.json"
         # Runs side by side (--only) share the report: each keeps the members the others wrote.
         if report_path.exists():
