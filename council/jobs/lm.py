@@ -126,7 +126,8 @@ def train_phase(
     import torch
     from tqdm import tqdm
 
-    opt = torch.optim.AdamW(model.parameters(), lr=phase.lr, weight_decay=phase.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA trains its adapter alone
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, phase))
     model.train()
     losses: list[float] = []
@@ -140,7 +141,7 @@ def train_phase(
         loss = torch.nn.functional.cross_entropy(answer_logits(model, ids, mask, where), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))

@@ -1,17 +1,20 @@
-"""Train the demo council: a shared general phase, one branch per specialist, and a same-compute generalist."""
+"""Train the demo council: a shared general phase, one branch per specialist (a full copy, or with
+`--adapters` a LoRA adapter over the shared base), and a same-compute generalist."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from council.jobs.council_yaml import write_council_yaml
 from council.jobs.lm import (
     ModelShape,
     Phase,
@@ -23,6 +26,7 @@ from council.jobs.lm import (
     save_checkpoint,
     train_phase,
 )
+from council.jobs.lora import LoraPlan, attach, lora_params, save_adapter
 from council.world.exercises import ExerciseMaker, Mixture
 from council.world.generator import Entity, World, build_world
 from council.world.schema import DOMAINS
@@ -64,6 +68,7 @@ class Plan:
     probe_every: int = 100  # general phase: log accuracies and save a resumable checkpoint this often
     threads: int = 1
     probe: bool = True  # measure every member's accuracies after training (tests turn it off)
+    adapters: LoraPlan | None = None  # each specialist a LoRA adapter over the general phase, not a full copy
 
     @property
     def general_steps(self) -> int:
@@ -140,6 +145,17 @@ def member_report(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, world: W
 
 
 
+def _recall_logger(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, world: World, m: Member) -> Callable:
+    """Logs a branch's closed-book recall of its own facts (trained phrasings) as it trains."""
+    pairs = probe_pairs(world, "trained", passages=0, held_out=False, domains=(m.domain,) if m.domain else (),
+                        entities=set(m.known), limit=60)  # fmt: skip
+
+    def log_recall(step: int) -> None:
+        log.info("%s step %d: closed-book recall %.3f", m.name, step, exact_match(model, tok, pairs))
+
+    return log_recall
+
+
 def train_general(
     plan: Plan, world: World, tok: PreTrainedTokenizerFast, save_to: Path | None = None
 ) -> GPT2LMHeadModel:
@@ -177,8 +193,11 @@ def train_general(
     return model
 
 
-def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path) -> dict:
-    """Train one member (a branch from `base_state`, or the generalist from scratch), save it, report it."""
+def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path, base_dir: Path | None = None) -> dict:
+    """Train one member (a branch from `base_state`, or the generalist from scratch), save it, report it.
+
+    With `plan.adapters` a branch trains a LoRA adapter over the base (saved in `base_dir`) and saves only that.
+    """
     import torch
 
     from council.world.tokenizer import build_tokenizer
@@ -195,18 +214,28 @@ def train_member(plan: Plan, member: Member, base_state: dict | None, out: Path)
         model = new_model(plan.shape, tok, member.seed)
         model.load_state_dict(base_state or {})
         phases = [replace(plan.branch, mixture=replace(plan.branch.mixture, domains=(member.domain,)))]
+    peft = None
+    if plan.adapters is not None and member.domain is not None:
+        peft = attach(model, plan.adapters)
+        model = peft.get_base_model()  # the same modules, LoRA layers in place: trained and probed as before
+        phases = [replace(phases[0], lr=plan.adapters.lr)]
     losses: list[float] = []
     for i, phase in enumerate(phases):
         maker = ExerciseMaker(world, known if phase.mixture.recall else [], phase.mixture, seed=member.seed + i)
-        losses += train_phase(model, tok, maker, phase, member.name)
+        every = (plan.probe_every, _recall_logger(model, tok, world, member)) if plan.probe else None
+        losses += train_phase(model, tok, maker, phase, member.name, every=every)
     report = {
         "name": member.name, "domain": member.domain, "steps": sum(p.steps for p in phases),
-        "params": count_params(model),
+        "params": count_params(model), **({"lora_params": lora_params(peft)} if peft is not None else {}),
         "known_entities": len(known), "train_seconds": round(time.time() - started, 1),
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
         **(member_report(model, tok, world, member) if plan.probe else {}),
     }
-    save_checkpoint(model, tok, out / member.name, {"plan": asdict(plan), "member": asdict(member), **report})
+    meta = {"plan": asdict(plan), "member": asdict(member), **report}
+    if peft is not None:
+        save_adapter(peft, out / member.name, base_dir or out, meta)
+    else:
+        save_checkpoint(model, tok, out / member.name, meta)
     log.info("trained %s: %s", member.name, report)
     return report
 
@@ -218,6 +247,9 @@ def specialize(
     """Train the general phase (or load it), every branch and the generalist; write models and council.yaml.
 
     `general_only` stops after the general phase (saved in out/runs/general), for `--general-from` later.
+    With `plan.adapters` the branches are LoRA adapters (out/adapters/<name>) over the base (`general_from`, else
+    out/runs/general); out/adapters.yaml lists every adapter in out/adapters. The generalist (a model of its own
+    shape) is not trained.
     """
     import torch
 
@@ -227,6 +259,12 @@ def specialize(
     started = time.time()
     world, tok = build_world(plan.world_seed), build_tokenizer()
     todo = [m for m in members(plan, world) if not only or m.name in only]
+    if plan.adapters is not None:
+        if any(m.domain is None for m in todo) and only:
+            raise ValueError("--adapters trains specialists over the shared base; the generalist has its own "
+                             "shape: train it without --adapters")
+        todo = [m for m in todo if m.domain is not None]
+    base_dir = Path(general_from) if general_from is not None else out / "runs" / "general"
     base_state = None
     if general_from is not None:
         # The generalist's compute budget follows the general steps really taken (also when it trains alone).
@@ -239,67 +277,47 @@ def specialize(
             log.info("general phase loaded from %s (step %d)", general_from, plan.general_steps)
         else:
             base = train_general(plan, world, tok, out / "runs" / "general")
-        base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}
         general = Member("general", None, (), plan.seed)
         meta = {"plan": asdict(plan), "from": str(general_from), "step": plan.general_steps}
         save_checkpoint(base, tok, out / "runs" / "general", meta)
+        if plan.adapters is not None:  # train each adapter over the very weights it is served with (fp16)
+            base, _ = load_checkpoint(base_dir)
+        base_state = {k: v.detach().float().clone() for k, v in base.state_dict().items()}
         if plan.probe:
             log.info("general phase: %s", member_report(base, tok, world, general))
     if general_only:
         return {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": []}
-    reports = _run_members(plan, todo, base_state, out / "models", use_ray)
-    write_council_yaml(out / "council.yaml", [m for m in members(plan, world) if m.domain])
+    specialists = [m for m in members(plan, world) if m.domain]
+    if plan.adapters is None:
+        reports = _run_members(plan, todo, base_state, out / "models", use_ray)
+        write_council_yaml(out / "council.yaml", specialists)
+        report_path = out / "training-report.json"
+    else:
+        reports = _run_members(plan, todo, base_state, out / "adapters", use_ray, base_dir)
+        trained = [m for m in specialists if (out / "adapters" / m.name / "adapter_config.json").exists()]
+        write_council_yaml(out / "adapters.yaml", trained, base=os.path.relpath(base_dir, out))
+        report_path = out / "adapters-report.json"
+        # Runs side by side (--only) share the report: each keeps the members the others wrote.
+        if report_path.exists():
+            done_by_others = json.loads(report_path.read_text()).get("members", [])
+            reports = [r for r in done_by_others if r["name"] not in {m.name for m in todo}] + reports
     summary = {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": reports}
-    (out / "training-report.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    report_path.write_text(json.dumps(summary, indent=1))
+    return {**summary, "report": str(report_path)}
 
 
-def _run_members(plan: Plan, todo: list[Member], base_state: dict | None, out: Path, use_ray: bool) -> list[dict]:
+def _run_members(
+    plan: Plan, todo: list[Member], base_state: dict | None, out: Path, use_ray: bool, base_dir: Path | None = None
+) -> list[dict]:
     if not use_ray:
-        return [train_member(plan, m, base_state, out) for m in todo]
+        return [train_member(plan, m, base_state, out, base_dir) for m in todo]
     import ray
 
     if not ray.is_initialized():
         ray.init()
     task = ray.remote(num_cpus=plan.threads)(train_member)
     state_ref = ray.put(base_state)
-    return list(ray.get([task.remote(plan, m, state_ref, out) for m in todo]))
-
-
-_DESCRIPTIONS = {
-    "legal": "Statutes: the penalty each act carries and the jurisdiction where it applies.",
-    "finance": "Companies: the sector each corp works in, its revenue and its ceo.",
-    "medical": "Drugs: what each drug treats, its dose and its side effects.",
-}
-
-
-def write_council_yaml(path: Path, specialists: Sequence[Member], context_window: int = 192) -> None:
-    """The demo CouncilConfig; model paths are relative to the yaml's folder."""
-    import yaml
-
-    from council.config import CouncilConfig
-    from council.world.schema import train_phrasings
-
-    rows = []
-    for m in specialists:
-        spec = DOMAINS[m.domain or "legal"]
-        examples = [train_phrasings(spec, a)[0].format(m=spec.mention.format(n="kavo")) for a in spec.attributes]
-        rows.append({
-            "name": m.name, "model": f"models/{m.name}", "domain": m.domain,
-            "description": _DESCRIPTIONS[m.domain or "legal"], "examples": examples,
-            "context_window": context_window, "dtype": "float32", "prompt_template": "qa",
-            "generation": {"max_new_tokens": 8, "stop": ["\n"]},
-            "deployment": {"num_cpus": 0.1},
-        })
-    # The members read one passage well and pick the right one among look-alikes badly (TRAINING.md): keep
-    # only a clear winner and nothing that merely resembles the question. Thresholds chosen on world seed 2
-    # (never evaluated): answerable top-1 fused score p2 0.54 / p10 0.63, unanswerable p50 0.50; the
-    # top-1 minus top-2 gap of answerable questions p2 0.125.
-    retrieval = {"top_n": 3, "min_score": 0.6, "score_margin": 0.1}
-    data = {"specialists": rows, "router": {"k": 3}, "retrieval": retrieval}
-    CouncilConfig.from_dict(data)  # refuse to write a config the council would not load
-    header = "# The demo council; written by `python -m council.jobs.specialize` (see training-report.json).\n"
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return list(ray.get([task.remote(plan, m, state_ref, out, base_dir) for m in todo]))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -319,6 +337,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--general-only", action="store_true", help="stop after the general phase (out/runs/general)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--ray", action="store_true", help="train the members as Ray tasks (num_cpus=threads)")
+    lora = LoraPlan()
+    p.add_argument("--no-probe", action="store_true", help="skip the accuracy probes (quick runs)")
+    p.add_argument("--adapters", action="store_true", help="each specialist a LoRA adapter over the shared base")
+    p.add_argument("--lora-rank", type=int, default=lora.rank)
+    p.add_argument("--lora-alpha", type=int, default=lora.alpha)
+    p.add_argument("--lora-dropout", type=float, default=lora.dropout)
+    p.add_argument("--lora-targets", nargs="+", default=list(lora.target_modules), help="modules the LoRA adapts")
+    p.add_argument("--lora-lr", type=float, default=lora.lr, help="the adapters' learning rate")
     return p.parse_args(argv)
 
 
@@ -326,12 +352,13 @@ def plan_from_args(a: argparse.Namespace) -> Plan:
     """The Plan the command line describes (defaults: the committed demo's)."""
     base = Plan()
     shape = replace(base.shape, n_layer=a.n_layer, n_embd=a.n_embd, arch=a.arch)
+    lora = LoraPlan(a.lora_rank, a.lora_alpha, a.lora_dropout, tuple(a.lora_targets), a.lora_lr)
     return replace(
-        base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads,
+        base, world_seed=a.world_seed, seed=a.seed, shape=shape, threads=a.threads, probe=not a.no_probe,
         generalist_shape=replace(base.generalist_shape, arch=a.arch),
         reading_warmup=replace(base.reading_warmup, steps=a.warmup_steps, batch=a.batch),
         general=replace(base.general, steps=a.general_steps, batch=a.batch),
-        branch=replace(base.branch, steps=a.branch_steps, batch=a.batch),
+        branch=replace(base.branch, steps=a.branch_steps, batch=a.batch), adapters=lora if a.adapters else None,
     )
 
 
@@ -344,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan, args.out, use_ray=args.ray, only=args.only, general_from=args.general_from,
         general_only=args.general_only,
     )  # fmt: skip
-    log.info("done in %.0f s; report in %s", summary["wall_seconds"], args.out / "training-report.json")
+    log.info("done in %.0f s; report in %s", summary["wall_seconds"], summary.get("report", args.out))
     return 0
 
 
