@@ -76,14 +76,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def loadable_yaml(demo: Path, out: Path) -> Path:
-    """The adapter council (demo's adapters.yaml) with absolute paths, `base:` written as `model:` where this
-    version's config has no `base:` field: `council eval --config` can run it as it stands."""
+    """The adapter council (demo's adapters.yaml) with absolute paths: `council eval --config` runs it as it
+    stands (one deployment for the base)."""
     import yaml
 
     from council.config import CouncilConfig
-    from council.jobs.council_yaml import loadable
-
-    data = loadable(yaml.safe_load((demo / "adapters.yaml").read_text()))
+    data = yaml.safe_load((demo / "adapters.yaml").read_text())
     for row in data["specialists"]:
         for key in ("model", "base", "adapter"):
             if key in row:

@@ -56,18 +56,7 @@ def write_council_yaml(
     # top-1 minus top-2 gap of answerable questions p2 0.125.
     retrieval = {"top_n": 3, "min_score": 0.6, "score_margin": 0.1}
     data = {"specialists": rows, "router": {"k": 3}, "retrieval": retrieval}
-    CouncilConfig.from_dict(loadable(data))  # refuse to write a config the council would not load
+    CouncilConfig.from_dict(data)  # refuse to write a config the council would not load
     how = "(see training-report.json)" if base is None else "--adapters (see adapters-report.json)"
     header = f"# The demo council; written by `python -m council.jobs.specialize` {how}.\n"
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
-
-
-def loadable(data: dict) -> dict:
-    """`data` as this version's CouncilConfig reads it: where specialists have no `base:` field yet, an adapter
-    over a base is `model: <base>` + `adapter:` (one deployment per specialist, the adapter merged)."""
-    from council.config import SpecialistConfig
-
-    if "base" in SpecialistConfig.model_fields:
-        return data
-    rows = [{("model" if k == "base" else k): v for k, v in row.items()} for row in data["specialists"]]
-    return {**data, "specialists": rows}

@@ -12,7 +12,6 @@ import yaml
 from peft import PeftModel
 
 from council.config import CouncilConfig
-from council.jobs.council_yaml import loadable
 from council.jobs.lm import load_checkpoint
 from council.jobs.lora import LoraPlan, attach, load_merged
 from council.jobs.specialize import main
@@ -73,7 +72,7 @@ def test_adapter_council_yaml_names_base_and_adapter(trained: Path) -> None:
     assert list(rows) == ["legal-1", "medical-2"]  # the adapters that exist, in the council's order
     assert all("model" not in r for r in rows.values())
     assert rows["legal-1"]["base"] == "runs/general" and rows["legal-1"]["adapter"] == "adapters/legal-1"
-    cfg = CouncilConfig.from_dict(loadable(data))
+    cfg = CouncilConfig.from_dict(data)
     assert [s.name for s in cfg.specialists] == list(rows)
     report = json.loads((trained / "adapters-report.json").read_text())
     assert [m["name"] for m in report["members"]] == ["legal-1", "medical-2"]
