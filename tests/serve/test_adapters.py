@@ -110,7 +110,7 @@ def test_one_deployment_per_base_and_each_member_is_a_model(lora_app: App) -> No
 
     deployments = set(serve.status().applications[APP].deployments)
     assert deployments == {
-        "Base_one", "Base_two", "Specialist_full", "RouterIngress", "RetrievalServer", "AggregatorServer"
+        "Base_one", "Base_two", "Specialist_full", "RouterIngress", "RetrievalServer"
     }  # fmt: skip
     models = [m["id"] for m in lora_app.get("/v1/models").json()["data"]]
     assert models == ["council", *TAUGHT, "full"]

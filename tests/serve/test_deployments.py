@@ -15,7 +15,8 @@ from tests.serve.conftest import SPECIALISTS, App
 def test_each_specialist_is_its_own_deployment(council_app: App) -> None:
     app = serve.status().applications[council_app.name]
     assert app.status == "RUNNING"
-    expected = {f"Specialist_{n}" for n in SPECIALISTS} | {"RouterIngress", "RetrievalServer", "AggregatorServer"}
+    # Trimming and agreement run in the ingress by default (aggregator.placement): no AggregatorServer.
+    expected = {f"Specialist_{n}" for n in SPECIALISTS} | {"RouterIngress", "RetrievalServer"}
     assert set(app.deployments) == expected
     # Each runs in its own replica actor (Serve names them SERVE_REPLICA::<app>#<deployment>#<id>).
     replicas = [

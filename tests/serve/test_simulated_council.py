@@ -1,5 +1,6 @@
-"""A council of simulated (accelerator-like) members on local Serve, with trimming and agreement in the ingress
-(`aggregator.placement: ingress`): the benchmark's framework rows run on exactly this."""
+"""A council of simulated (accelerator-like) members on local Serve, with trimming and agreement on their own
+deployment (`aggregator.placement: deployment`; the other tests' apps run them in the ingress, the default): the
+benchmark's framework rows run on exactly this."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def sim_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "specialists": [_member("fast0", MEMBER_S), _member("fast1", MEMBER_S), _member("slow", SLOW_S)],
         "router": {"k": 3, "quorum": 2, "member_timeout_s": 30, "num_cpus": 0.05},
         "retrieval": {"path": str(tmp_path_factory.mktemp("sim") / "store"), "num_cpus": 0.05},
-        "aggregator": {"placement": "ingress", "default_budget_tokens": 64},
+        "aggregator": {"placement": "deployment", "num_cpus": 0.05, "default_budget_tokens": 64},
     }
     mp = pytest.MonkeyPatch()
     mp.setenv(ALLOW_SIMULATED_ENV, "1")
@@ -48,12 +49,12 @@ def sim_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     serve.delete("sim")
 
 
-def test_no_aggregator_deployment_and_members_agree(sim_app: str) -> None:
+def test_the_aggregator_deployment_trims_and_members_agree(sim_app: str) -> None:
     from ray import serve
 
     deployments = set(serve.status().applications[sim_app].deployments)
     members = {"Specialist_fast0", "Specialist_fast1", "Specialist_slow"}
-    assert deployments == {"RouterIngress", "RetrievalServer", *members}
+    assert deployments == {"RouterIngress", "RetrievalServer", "AggregatorServer", *members}
 
     client = Client.connect(sim_app)
     answer = client.ask("what is the penalty under the kavo act ?", specialists=["fast0", "fast1", "slow"],
@@ -62,7 +63,7 @@ def test_no_aggregator_deployment_and_members_agree(sim_app: str) -> None:
     texts = {m.answer for m in answer.members}
     assert len(texts) == 1 and answer.answer in texts and answer.answer  # one word from the question's hash
     assert answer.agreement == pytest.approx(1.0) and not answer.abstained
-    # Trimmed in the ingress with each member's own tokenizer: every member has its report.
+    # Trimmed by the AggregatorServer with each member's own tokenizer: every member has its report.
     assert {t.member for t in answer.trims} == {"fast0", "fast1", "slow"}
     assert all(len(t.kept) == 1 and t.used_tokens > 0 for t in answer.trims), answer.trims
     assert [s.text for s in answer.sources] == ["the kavo act carries a fine ."]
