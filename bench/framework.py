@@ -18,7 +18,6 @@ The real-model rows (target 5) are `bench/overhead.py` and `bench/engines.py`; `
 import argparse
 import asyncio
 import itertools
-import logging
 import os
 import statistics
 import sys
@@ -28,13 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-os.environ.setdefault("RAY_worker_niceness", "0")  # the direct side runs at nice 0 in this process: same for both
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
+import bench_env  # first (sorted first, too): the environment Ray and transformers read
 from overhead_cells import (  # noqa: E402  (beside this script)
     NoopIngress,
     NoopMember,
@@ -77,10 +70,7 @@ def ask_options(config: dict[str, Any], early_exit: bool = False) -> dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=40, help="sequential requests per latency row")
-    p.add_argument("--warmup", type=int, default=5, help="untimed requests before each latency row")
-    p.add_argument("--load", type=int, default=384, help="questions per throughput cell")
-    p.add_argument("--clients", type=int, nargs="+", default=[16, 64], help="concurrent callers")
+    bench_env.add_sample_args(p, load=384)
     p.add_argument("--k", type=int, default=3, help="council members")
     p.add_argument("--member-s", type=float, default=0.2, help="seconds one batch takes on a member")
     p.add_argument("--batch-size", type=int, default=32, help="most requests per member batch")
@@ -93,19 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.requests, args.warmup, args.load = 20, 3, 128
     os.environ["COUNCIL_ALLOW_SIMULATED_ENGINE"] = "1"
-    import ray
-
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    ray.init(
-        address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-        logging_level=logging.WARNING,
-    )  # fmt: skip
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        return run(args, Path(tempfile.mkdtemp(prefix="council-framework-")))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    return bench_env.serve_locally(args.port, lambda: run(args, Path(tempfile.mkdtemp(prefix="council-framework-"))))
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

@@ -15,15 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-# Ray starts its workers at nice 15; the direct side runs in this process at nice 0. Same priority for both,
-# or any other load on the machine starves the council's replicas and not its members called directly.
-os.environ.setdefault("RAY_worker_niceness", "0")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a busy 2-core machine starts Ray slowly
-
+import bench_env  # first (sorted first, too): the environment Ray and transformers read
 from overhead_cells import (  # noqa: E402  (beside this script: `python bench/overhead.py` puts bench/ on sys.path)
     SERVE_THROUGHPUT_MODE,
     STAGES,
@@ -55,10 +47,7 @@ from council.serving.specialist import SpecialistServer  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--requests", type=int, default=40, help="sequential requests per latency row")
-    p.add_argument("--warmup", type=int, default=5, help="untimed requests before each latency row")
-    p.add_argument("--load", type=int, default=192, help="requests per throughput cell")
-    p.add_argument("--clients", type=int, nargs="+", default=[16, 64], help="concurrent callers")
+    bench_env.add_sample_args(p, load=192)
     p.add_argument("--k", type=int, default=3, help="council members (each its own deployment)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens each member writes")
     p.add_argument("--batch-size", type=int, default=32, help="@serve.batch max_batch_size when batching")
@@ -90,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # below inherits them: start again with them set.
         os.environ.update(SERVE_THROUGHPUT_MODE)
         os.execv(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)])
-    import ray
     import torch
 
     # One thread per member on both sides: Ray gives each fractional-CPU replica OMP_NUM_THREADS=1.
@@ -99,23 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="council-bench-"))
     models = build_models(work / "models", args.k, args.config, args.member_layers, args.member_width)
     prompts = questions(args.requests + args.warmup)
-    import logging
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    # Logical CPUs only place replicas (three apps of fractional-CPU replicas); each replica runs one thread.
-    ray.init(
-        address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-        logging_level=logging.WARNING,
-    )  # fmt: skip
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        return run(args, work, models, prompts)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    return bench_env.serve_locally(args.port, lambda: run(args, work, models, prompts))
 
 
 def run(args: argparse.Namespace, work: Path, models: list[Path], prompts: list[str]) -> int:

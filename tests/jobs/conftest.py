@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120.0
 AGENT_WAIT_S = 120.0
+
+
+DEPLOY_TIMEOUT_S = 300.0  # `serve deploy` of a tiny council on a busy 2-core head
 
 
 def free_port() -> int:
@@ -284,3 +287,26 @@ def seeded_council_yaml(folder: Path, models: list[Path]) -> Path:
 def council_yaml(tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The council the batch jobs build in their own actors (its store seeded for `public` and `acme`)."""
     return seeded_council_yaml(tmp_path_factory.mktemp("job-council"), tiny_models)
+
+
+@contextmanager
+def deployed_local_app(
+    ray_head: RayHead, folder: Path, council_yaml: Path, env: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """`serve deploy` of clusters/local.yaml's application on the head, its council config swapped for
+    `council_yaml` and `env` added to its environment; `serve shutdown` after."""
+    import yaml
+
+    serve_config: dict[str, Any] = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
+    serve_config["http_options"]["port"] = free_port()
+    (app,) = serve_config["applications"]
+    app["args"]["config"] = str(council_yaml)
+    app["runtime_env"] = {"env_vars": {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False", **(env or {})}}
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    ray_head.deploy(path, DEPLOY_TIMEOUT_S)
+    try:
+        yield path
+    finally:
+        subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--yes", "--address", ray_head.dashboard_url],
+                       env=ray_head.env, timeout=120, capture_output=True)  # fmt: skip

@@ -4,10 +4,8 @@ a per-row refusal for rows naming `globex`; no globex chunk or text is anywhere 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,12 +13,11 @@ import pytest
 import yaml
 
 from council.credentials import table_entry
-from tests.jobs.conftest import REPO, VENV_BIN, RayHead, free_port, seeded_council_yaml
+from tests.jobs.conftest import RayHead, deployed_local_app, seeded_council_yaml
 from tests.jobs.test_batch import RUNTIME_ENV, assert_exactly_once, wait_job
 
 ACME_KEY = "ck-acme-batch-7f31"
 GLOBEX_SECRET = "Globex keeps its reserve in the Quell vault, code 5518."
-DEPLOY_TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +33,8 @@ def keyed_app(ray_head: RayHead, tiny_models: list[Path], tmp_path_factory: pyte
     store.close()
     keys = tmp / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [table_entry("acme-batch", ACME_KEY, ["acme"], ["read"])]}))
-    serve_config: dict[str, Any] = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
-    serve_config["http_options"]["port"] = free_port()
-    (app,) = serve_config["applications"]
-    app["args"]["config"] = str(council_yaml)
-    app["runtime_env"] = {"env_vars": {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
-                                       "COUNCIL_KEYS_FILE": str(keys)}}
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(serve_config))
-    ray_head.deploy(path, DEPLOY_TIMEOUT_S)
-    yield path
-    subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--yes", "--address", ray_head.dashboard_url],
-                   env=ray_head.env, timeout=120, capture_output=True)
+    with deployed_local_app(ray_head, tmp, council_yaml, {"COUNCIL_KEYS_FILE": str(keys)}) as path:
+        yield path
 
 
 def test_a_batch_with_an_acme_key_answers_acme_and_refuses_globex_per_row(

@@ -3,36 +3,22 @@ and the quickstart notebook through `Client.connect()`."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.jobs.conftest import REPO, VENV_BIN, RayHead, free_port, seeded_council_yaml
+from tests.jobs.conftest import RayHead, deployed_local_app, seeded_council_yaml
 from tests.jobs.test_batch import assert_exactly_once, batch_cmd, submit, wait_job, write_questions
 from tests.jobs.test_notebooks import execute
-
-DEPLOY_TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
 def deployed(ray_head: RayHead, tiny_models: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`serve deploy` of clusters/local.yaml's application (its council config swapped for a tiny one)."""
     tmp = tmp_path_factory.mktemp("deployed")
-    serve_config: dict[str, Any] = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
-    serve_config["http_options"]["port"] = free_port()
-    (app,) = serve_config["applications"]
-    app["args"]["config"] = str(seeded_council_yaml(tmp, tiny_models))
-    app["runtime_env"] = {"env_vars": {"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}}
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(serve_config))
-    ray_head.deploy(path, DEPLOY_TIMEOUT_S)
-    yield path
-    subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--yes", "--address", ray_head.dashboard_url],
-                   env=ray_head.env, timeout=120, capture_output=True)
+    with deployed_local_app(ray_head, tmp, seeded_council_yaml(tmp, tiny_models)) as path:
+        yield path
 
 
 def test_batch_asks_the_deployed_app_through_its_handle(ray_head: RayHead, deployed: Path, tmp_path: Path) -> None:
