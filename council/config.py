@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from council.bases import inherit_shared, shared_problems
@@ -16,72 +16,22 @@ from council.config_io import NESTED as _NESTED
 from council.config_io import format_validation_error, resolve_paths, validated
 from council.engine_options import ENGINE_OPTIONS, refuse_simulated
 from council.errors import ConfigError
+from council.member_options import AutoscalingOptions, DeploymentOptions, GenerationOptions, StrictModel
 
-__all__ = ["CouncilConfig", "SpecialistConfig", "format_validation_error", "resolve_paths", "validated"]
+__all__ = [
+    "AutoscalingOptions",
+    "CouncilConfig",
+    "DeploymentOptions",
+    "GenerationOptions",
+    "SpecialistConfig",
+    "format_validation_error",
+    "resolve_paths",
+    "validated",
+]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class _Model(BaseModel):
-    # Unknown keys are typos in a config file: refuse them rather than ignore them silently.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AutoscalingOptions(_Model):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle specialist scale to zero.")
-    max_replicas: int = Field(2, ge=1, description="Most replicas (each takes num_gpus GPUs).")
-    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default: min).")
-    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for.")
-    upscale_delay_s: float = Field(30.0, ge=0, description="Seconds of sustained demand before adding one.")
-    downscale_delay_s: float = Field(600.0, ge=0, description="Seconds of low demand before removing one.")
-    metrics_interval_s: float = Field(10.0, gt=0, description="How often replicas report load.")
-    look_back_period_s: float = Field(30.0, gt=0, description="Window the load average is taken over.")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingOptions:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("min_replicas must be <= max_replicas")
-        return self
-
-
-class DeploymentOptions(_Model):
-    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
-    autoscaling: AutoscalingOptions | None = Field(None, description="Serve autoscaling; overrides num_replicas.")
-    num_cpus: float = Field(0.1, ge=0, description="CPUs per replica; small fractions let a council fit 2 cores.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica: 1 on GPU clusters, 0 on CPU.")
-    max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once.")
-    max_queued_requests: int = Field(
-        64, ge=-1, description="Requests queued per caller before Serve refuses (503); -1 = unbounded."
-    )
-    max_batch_size: int = Field(8, ge=1, description="Largest dynamic batch (@serve.batch) per forward pass.")
-    batch_wait_timeout_s: float = Field(
-        0.01,
-        ge=0,
-        description="How long a batch waits to fill up when other requests are in the replica (a request alone "
-        "runs at once; requests arriving during a forward pass join the next one whatever this is).",
-    )
-    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve health checks.")
-    health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
-    stuck_after_s: float = Field(
-        300.0, gt=0, description="A forward pass running longer than this fails the health check (a wedged model)."
-    )
-    max_adapters_per_replica: int | None = Field(
-        None,
-        ge=1,
-        description="A base's deployment only: most adapters one replica holds at once. With more members on the "
-        "base, Serve's model multiplexing sends each request to a replica that has its adapter; a replica loads one "
-        "on first use and evicts its least recently used one. None: every replica holds all of them.",
-    )
-
-
-class GenerationOptions(_Model):
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens a member may generate.")
-    do_sample: bool = Field(False, description="Greedy (False) is reproducible and the default.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (only with do_sample).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (only with do_sample).")
-    stop: list[str] = Field(default_factory=lambda: ["\n"], description="Generation ends at these strings.")
-
-
-class SpecialistConfig(_Model):
+class SpecialistConfig(StrictModel):
     name: str = Field(description="Unique name; also the OpenAI `model` that talks to this one alone.")
     model: str = Field(
         description="Local checkpoint folder or hub id of the causal LM (or base model); for engine: openai, the "
@@ -189,7 +139,7 @@ class SpecialistConfig(_Model):
         return self
 
 
-class RouterConfig(_Model):
+class RouterConfig(StrictModel):
     k: int = Field(3, ge=1, description="Specialists asked per question (top-k by route score).")
     min_score: float = Field(-1.0, ge=-1, le=1, description="Specialists scoring below this are not asked.")
     quorum: int = Field(1, ge=1, description="Fewest successful answers for the council to answer at all.")
@@ -207,7 +157,7 @@ class RouterConfig(_Model):
     num_cpus: float = Field(0.1, ge=0, description="CPUs per ingress replica.")
 
 
-class ChunkingOptions(_Model):
+class ChunkingOptions(StrictModel):
     max_chars: int = Field(600, ge=50, description="Longest chunk, in characters, split at sentence ends.")
     overlap_sentences: int = Field(0, ge=0, description="Sentences repeated between neighbouring chunks.")
 
@@ -218,7 +168,7 @@ def default_store_path() -> str:
     return str(Path(home).expanduser() / "chroma" if home else Path.home() / ".council" / "chroma")
 
 
-class RetrievalConfig(_Model):
+class RetrievalConfig(StrictModel):
     path: str = Field(
         default_factory=lambda: default_store_path(),
         validate_default=True,
@@ -281,7 +231,7 @@ class RetrievalConfig(_Model):
         return str(Path(v).expanduser().resolve())
 
 
-class ChairmanConfig(_Model):
+class ChairmanConfig(StrictModel):
     """A member that writes the council's final answer from the members' answers (anonymised and shuffled)."""
 
     member: str = Field(
@@ -303,7 +253,7 @@ class ChairmanConfig(_Model):
     )
 
 
-class AggregatorConfig(_Model):
+class AggregatorConfig(StrictModel):
     agreement_threshold: float = Field(0.5, ge=0, le=1, description="Below this weighted agreement: abstain.")
     similarity_threshold: float = Field(
         0.9, ge=0, le=1, description="Cosine similarity at which two answers count as the same."
@@ -332,7 +282,7 @@ class AggregatorConfig(_Model):
     )
 
 
-class HttpConfig(_Model):
+class HttpConfig(StrictModel):
     # Where Serve listens (host, port) and its request timeout are cluster-wide: they belong to the Serve config's
     # `http_options` (clusters/*.yaml), not to one application's council config.
     max_body_bytes: int = Field(65536, ge=1024, description="Requests with a larger body are refused (413).")
@@ -359,7 +309,7 @@ class HttpConfig(_Model):
     )
 
 
-class CouncilConfig(_Model):
+class CouncilConfig(StrictModel):
     specialists: list[SpecialistConfig] = Field(min_length=1, description="The council's members.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="Routing and fan-out.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="The document store.")
