@@ -85,7 +85,7 @@ class LocalAggregator:
 
         Failed or cancelled members are left out, so the Verdict's indices (clusters, winner) refer
         to the `.ok` members in their given order. No successful member: an abstaining Verdict.
-        `embeddings`, when given, has one row per `.ok` member's answer (the pipeline's `_AnswerVectors`).
+        `embeddings`, when given, has one row per `.ok` member's answer (the pipeline's `AnswerVectors`).
         """
         ok = [m for m in members if m.ok]
         answers = [m.answer or "" for m in ok]

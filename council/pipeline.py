@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from council import routing
-from council.agreement import is_unknown, route_weight
+from council.agreement import route_weight
+from council.answer_vectors import AnswerVectors
 from council.batching import embed_async
 from council.config import CouncilConfig
 from council.errors import MEMBER_TIMEOUT, InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout, incident
@@ -58,49 +59,8 @@ def _check_room(chosen: Sequence[str], plans: Mapping[str, Plan]) -> list[str]:
     return too_long
 
 
-class _AnswerVectors:
-    """Each answer's embedding: the one its member's replica sent with it, else started here the moment its
-    member answers, so that embedding the early answers overlaps the members still generating.
-
-    "Unknown" answers get a zero row: they never merge with another answer, so their vector is never read.
-    """
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self._tasks: dict[str, asyncio.Future[np.ndarray]] = {}
-
-    def put(self, answer: str, embedding: Sequence[float] | None) -> None:
-        """Take the vector a member computed for its answer (None: nothing given)."""
-        if embedding is not None and answer not in self._tasks:
-            done: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-            done.set_result(np.asarray(embedding, dtype=np.float32))
-            self._tasks[answer] = done
-
-    def start(self, answers: Sequence[str]) -> None:
-        fresh = list(dict.fromkeys(a for a in answers if a not in self._tasks and not is_unknown(a)))
-        if fresh:
-            task = asyncio.ensure_future(embed_async(self.embedder, fresh))
-            for i, a in enumerate(fresh):
-                self._tasks[a] = asyncio.ensure_future(_row(task, i))
-
-    async def matrix(self, answers: Sequence[str]) -> np.ndarray:
-        """One row per answer (in order), embedding any not started yet."""
-        self.start(answers)
-        rows = [await self._tasks[a] if a in self._tasks else None for a in answers]
-        dim = next((r.shape[0] for r in rows if r is not None), self.embedder.dim)
-        return np.stack([np.zeros(dim, np.float32) if r is None else r for r in rows]) if rows else np.zeros((0, dim))
-
-    def cancel(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-
-
 def _answers(members: Sequence[MemberAnswer]) -> list[str]:
     return [m.answer or "" for m in members]
-
-
-async def _row(task: asyncio.Future[np.ndarray], i: int) -> np.ndarray:
-    return (await asyncio.shield(task))[i]
 
 
 @dataclass
@@ -198,7 +158,7 @@ class Council:
             )
         _check_room(decision.chosen, plans)
         emit(decision)  # the request is sound: its members are being asked
-        vectors = _AnswerVectors(self.embedder)
+        vectors = AnswerVectors(self.embedder)
         try:
             with watch.stage("members"):
                 members = await self._fan_out(
@@ -284,7 +244,7 @@ class Council:
         chosen: Sequence[str],
         scores: Mapping[str, float],
         plans: Mapping[str, Plan],
-        vectors: _AnswerVectors,
+        vectors: AnswerVectors,
         *,
         emit: Emit,
         tokens: bool,
@@ -342,7 +302,7 @@ class Council:
         req: AskRequest,
         plan: Plan,
         score: float,
-        vectors: _AnswerVectors,
+        vectors: AnswerVectors,
         emit: Emit | None = None,
     ) -> MemberAnswer:
         """One member's answer (voted across orderings); any failure becomes data, not an exception. With
@@ -401,7 +361,7 @@ class Council:
         results: Mapping[str, MemberAnswer],
         chosen: Sequence[str],
         scores: Mapping[str, float],
-        vectors: _AnswerVectors,
+        vectors: AnswerVectors,
     ) -> bool:
         """True when the answers so far already decide the vote, whatever the stragglers say."""
         answered = [m for m in results.values() if m.ok]
