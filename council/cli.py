@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 
 from council.backends.files import KINDS, find_files
+from council.cli_ingest import IngestJob, ingest_here, ingest_served
 from council.errors import CouncilError, InvalidRequest
 from council.render import render_answer
 from council.serving.lifecycle import block_until_signal, serve_target, start_serve, stop_serve
@@ -174,17 +174,6 @@ def status(url: URL = "http://127.0.0.1:8000") -> None:
     console.print(f"  models: {', '.join(models)}", highlight=False)
 
 
-@dataclass(frozen=True)
-class _Ingest:
-    """What `council ingest` stores: the files found, for whom, and how they are read."""
-
-    files: list[Path]
-    tenant: str
-    domain: str | None
-    tenant_column: bool
-    max_file_bytes: int
-
-
 @app.command()
 @friendly
 def ingest(
@@ -235,91 +224,22 @@ def ingest(
     files = find_files(paths, max_bytes=retrieval.max_file_bytes)
     if not files:
         raise CouncilError(f"no {KINDS} files under {', '.join(map(str, paths))}")
-    job = _Ingest(files, tenant, domain, tenant_column, retrieval.max_file_bytes)
+    job = IngestJob(files, tenant, domain, tenant_column, retrieval.max_file_bytes)
     check_readable(files, tenant, max_bytes=job.max_file_bytes, tenant_column=tenant_column)
     if url is not None:
-        _ingest_served(url, job, store=None)
+        ingest_served(url, job, store=None)
         return
     from council.backends.store_lock import SERVER_ROLE
     from council.errors import StoreBusy
 
     try:
-        _ingest_here(retrieval, job)
+        ingest_here(retrieval, job)
     except StoreBusy as busy:
         holders: Any = busy.details.get("holders") or []
         if not any(str(h.get("role", "")).startswith(SERVER_ROLE) for h in holders):
             raise
         err_console.print(f"[dim]{retrieval.path} is held by a council server: ingesting through {server_url}[/]")
-        _ingest_served(server_url, job, store=retrieval.path)
-
-
-def _for_tenants(job: _Ingest, counts: dict[str, int], unit: str) -> str:
-    """"tenant 'acme'" when every document went to --tenant, else each tenant with its count."""
-    if set(counts) <= {job.tenant}:
-        return f"tenant {job.tenant!r}"
-    return "tenants " + ", ".join(f"{t!r} ({n} {unit})" for t, n in sorted(counts.items()))
-
-
-def _ingest_here(retrieval: Any, job: _Ingest) -> None:
-    """Open the store in this process (locking an embedded folder) and ingest file by file."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from council.backends.chroma import ChromaRetriever, IngestReport
-
-    done, by_column = IngestReport(), job.tenant_column
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with console.status("opening the store and loading the embedder"):
-        retriever = ChromaRetriever(retrieval, role="council ingest")  # an embedded folder: locked, or StoreBusy
-    try:
-        with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("ingesting", total=len(job.files))
-            for f in job.files:
-                bar.update(task, description=f"ingesting {f.name}")
-                done += retriever.ingest_paths([f], tenant=job.tenant, domain=job.domain, tenant_column=by_column)
-                bar.advance(task)
-        total = retriever.count()
-    finally:
-        retriever.close()
-    where = f"{retrieval.host}:{retrieval.port}" if retrieval.host else retrieval.path
-    console.print(
-        f"[green]ingested[/] {len(job.files)} files for {_for_tenants(job, done.tenants, 'chunks')}: "
-        f"{done.added} chunks added, {done.skipped} already there → {where} ({total} chunks in all)",
-        highlight=False,
-    )
-
-
-def _ingest_served(url: str, job: _Ingest, *, store: str | None) -> None:
-    """Send the files' documents to a running council (POST /v1/documents), in requests under its body limit.
-
-    With `store`, the server must say it serves that embedded folder (GET /v1/status) before anything is sent.
-    """
-    from council.backends.files import document_batches
-    from council.client import Client
-
-    with Client(url, timeout_s=300) as client:
-        if store is not None:
-            served = (client.status().get("store") or {}).get("path")
-            if served != store:
-                raise CouncilError(
-                    f"the store {store} is held by a council server, but the council at {url} serves "
-                    f"{served or 'another store'}: give that server's address with --url"
-                )
-        totals = {"added": 0, "skipped": 0, "chunks": 0}
-        per_tenant: dict[str, int] = {}
-        batches = document_batches(
-            job.files, tenant=job.tenant, domain=job.domain, max_file_bytes=job.max_file_bytes,
-            tenant_column=job.tenant_column,
-        )  # fmt: skip
-        for row_tenant, batch in batches:
-            report = client.ingest(batch, tenant=row_tenant)
-            per_tenant[row_tenant] = per_tenant.get(row_tenant, 0) + len(batch)
-            totals = {k: totals[k] + int(report.get(k, 0)) for k in totals}
-        total = client.status().get("chunks")
-    console.print(
-        f"[green]ingested[/] {len(job.files)} files through {url} for {_for_tenants(job, per_tenant, 'documents')}: "
-        f"{totals['added']} chunks added, {totals['skipped']} already there ({total} chunks in all)",
-        highlight=False,
-    )
+        ingest_served(server_url, job, store=retrieval.path)
 
 
 def retrieval_config(config: Path | None, *, host: str | None = None, port: int | None = None) -> tuple[Any, str]:
