@@ -30,7 +30,7 @@ async def test_overload_is_refused_fast_and_memory_stays_flat(bp_app: App, tmp_p
     figures, results = await harness.overload(bp_app.url + "/v1/council", bp_app.name, burst_n=BURST, rounds=ROUNDS)
     write_figures(tmp_path / "backpressure.json", "backpressure", figures)
 
-    assert figures["replicas"] == 4, figures  # ingress, retrieval, aggregator, one specialist
+    assert figures["replicas"] == 3, figures  # ingress (trimming and agreement in it), retrieval, one specialist
     assert figures["other"] == 0, [r for r in results if not (r.answered or r.refused)][:5]
     capacity = figures["capacity"]
     # At most the admitted ones (plus those that found a slot freed during the burst) are answered.
