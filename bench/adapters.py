@@ -103,7 +103,7 @@ def measure(args: argparse.Namespace, label: str, config: dict[str, Any], app: s
     print(f"  {label}: {len(names)} specialists on {[d for d in deployments if d.startswith(('Spec', 'Base'))]}, "
           f"up in {started:.1f} s, {memory:,.0f} MiB", flush=True)  # fmt: skip
     member = itertools.cycle(names)
-    fresh = iter(itertools.cycle(questions(1024)))
+    fresh = itertools.cycle(questions(1024))
     lat: list[float] = []
 
     async def ask(q: str, record: bool = True) -> Any:

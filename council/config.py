@@ -370,8 +370,12 @@ class CouncilConfig(StrictModel):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> CouncilConfig:
-        """Validate a dict; a failure raises ConfigError naming each bad field by its dotted path."""
-        return validated(cls, data, source, ConfigError)
+        """Validate a dict read from a file or a Serve config; a failure raises ConfigError naming each bad field by
+        its dotted path. Simulated members are refused here unless allowed (replicas re-validate with
+        `model_validate`, which does not ask)."""
+        config = validated(cls, data, source, ConfigError)
+        refuse_simulated(((s.name, s.engine) for s in config.specialists), source)
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CouncilConfig:
@@ -383,6 +387,4 @@ class CouncilConfig(StrictModel):
             raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        config = cls.from_dict(resolve_paths(data, p.parent), source=str(p))
-        refuse_simulated(((s.name, s.engine) for s in config.specialists), str(p))
-        return config
+        return cls.from_dict(resolve_paths(data, p.parent), source=str(p))

@@ -19,6 +19,7 @@ __all__ = [
     "ALLOW_SIMULATED_ENV",
     "ENGINE_KINDS",
     "ENGINE_OPTIONS",
+    "NO_LOCAL_MODEL",
     "OpenAIOptions",
     "SimulatedOptions",
     "TransformersOptions",
@@ -150,6 +151,9 @@ class SimulatedOptions(BaseModel):
 
 
 ALLOW_SIMULATED_ENV = "COUNCIL_ALLOW_SIMULATED_ENGINE"
+# Engine kinds whose replica holds no model of its own (a remote endpoint; the simulated stand-in): the ingress embeds
+# their answers, and the in-process council (council.local) cannot run them.
+NO_LOCAL_MODEL = ("openai", "simulated")
 
 
 def refuse_simulated(members: Iterable[tuple[str, str]], source: str) -> None:

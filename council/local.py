@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from council.config import CouncilConfig
+from council.engine_options import NO_LOCAL_MODEL
 from council.errors import ConfigError
 from council.pipeline import Council
 from council.protocols import Retriever, Specialist
@@ -29,7 +30,7 @@ def build_local_council(
     embedder = get_batched_embedder(config.retrieval.embedder)
     members = dict(specialists or {})
     for spec in config.specialists:
-        if spec.name not in members and spec.engine in ("openai", "simulated"):
+        if spec.name not in members and spec.engine in NO_LOCAL_MODEL:
             raise ConfigError(
                 f"specialist {spec.name}: engine: {spec.engine} members run in the Serve app (`serve run`, "
                 "`council serve`); the in-process council loads local models only"

@@ -15,8 +15,8 @@ Answers are deterministic and the same for every member asked the same question 
 exit and quorum behave as with members that know the answer): `answer` when set, else one word drawn from the
 question's hash. `per_member_answers` makes each member answer differently (disagreement).
 
-It is not a model: a council YAML or Serve app naming it is refused unless COUNCIL_ALLOW_SIMULATED_ENGINE=1
-(`council.engine_options.refuse_simulated`); benchmarks and tests that build configs in Python use it directly.
+It is not a model: a council config read from a YAML file or a Serve config's `config_dict` naming it is refused
+unless COUNCIL_ALLOW_SIMULATED_ENGINE=1 (`CouncilConfig.from_dict`, `council.engine_options.refuse_simulated`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from ray.serve import Application
 from council.backends.faulty import Faults
 from council.bases import base_deployment_names, by_base
 from council.config import CouncilConfig, SpecialistConfig, format_validation_error
-from council.engine_options import refuse_simulated
+from council.engine_options import NO_LOCAL_MODEL
 from council.errors import ConfigError
 from council.serving.aggregator import AggregatorServer
 from council.serving.base_server import AsyncBaseServer, BaseServer
@@ -116,7 +116,7 @@ def _specialist(spec: SpecialistConfig, fault: Faults | None, config: CouncilCon
     deployment: Any = serve.deployment(server, name=specialist_deployment_name(spec.name), **options)
     # A remote member's replica stays cheap (no torch model, no embedder): the ingress embeds its answers.
     # A simulated member holds no CPU while it "generates", as a GPU member: the ingress embeds its answers too.
-    embed = config.aggregator.answers_embedded_by == "members" and spec.engine not in ("openai", "simulated")
+    embed = config.aggregator.answers_embedded_by == "members" and spec.engine not in NO_LOCAL_MODEL
     return deployment.bind(
         spec.model_dump(mode="json"),
         fault.model_dump(exclude_unset=True) if fault else None,
@@ -160,7 +160,6 @@ def build_app(args: dict[str, Any]) -> Application:
     except ValidationError as e:
         raise ConfigError(f"build_app args: {format_validation_error(e)}") from None
     config = load_config(app_args)
-    refuse_simulated(((s.name, s.engine) for s in config.specialists), "build_app")
     if any(s.adapter for s in config.specialists):
         from council.backends.lora import check_adapters
 

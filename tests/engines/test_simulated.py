@@ -144,5 +144,5 @@ def test_a_serve_app_naming_it_is_refused_unless_allowed(tmp_path: Path, monkeyp
     data = CouncilConfig.from_yaml(path).model_dump(mode="json")
     monkeypatch.delenv(ALLOW_SIMULATED_ENV)
     assert os.environ.get(ALLOW_SIMULATED_ENV) is None
-    with pytest.raises(ConfigError, match="build_app: specialists \\['legal-1'\\]: engine: simulated"):
+    with pytest.raises(ConfigError, match="config_dict: specialists \\['legal-1'\\]: engine: simulated"):
         build_app({"config_dict": data})
