@@ -12,6 +12,18 @@ if TYPE_CHECKING:
     import numpy as np
 
     from council.agreement import Verdict
+    from council.local_aggregator import LocalAggregator
+    from council.protocols import Embedder
+
+
+def local_aggregator(config: CouncilConfig, embedder: Embedder) -> LocalAggregator:
+    """Trimming (each member's own tokenizer, no weights) and agreement over `embedder`, in the calling process:
+    the AggregatorServer's, or the ingress's (`aggregator.placement: ingress`)."""
+    from council.backends.tokens import load_tokenizer_counter
+    from council.local_aggregator import LocalAggregator
+
+    counters = {s.name: load_tokenizer_counter(s) for s in config.specialists}
+    return LocalAggregator(embedder, counters, config.aggregator)
 
 
 class AggregatorServer:
@@ -19,14 +31,11 @@ class AggregatorServer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         from council.backends.embeddings import get_batched_embedder
-        from council.backends.transformers import load_tokenizer_counter
-        from council.local_aggregator import LocalAggregator
 
         cfg = CouncilConfig.model_validate(config)
-        counters = {s.name: load_tokenizer_counter(s) for s in cfg.specialists}
         # Batched: under load the answers of many questions share one MiniLM pass, off the event loop.
         self.embedder = get_batched_embedder(cfg.retrieval.embedder)
-        self.aggregator = LocalAggregator(self.embedder, counters, cfg.aggregator)
+        self.aggregator = local_aggregator(cfg, self.embedder)
 
     async def trim(
         self, question: str, chunks: Sequence[Chunk], members: Sequence[str], **options: Any

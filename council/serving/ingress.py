@@ -18,6 +18,7 @@ from council.errors import InvalidRequest
 from council.pipeline import Council, Event
 from council.retrieval import check_tenant
 from council.serving import metrics
+from council.serving.aggregator import local_aggregator
 from council.serving.exposure import checked_keys, proxy_host
 from council.serving.handles import HandleAggregator, HandleRetriever, HandleSpecialist, call
 from council.serving.ray_errors import as_council_error
@@ -27,8 +28,6 @@ from council.types import AskRequest, CouncilAnswer, Document
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.handle import DeploymentHandle
-
-    from council.protocols import Aggregator
 
 log = logging.getLogger(__name__)
 STATUS_TTL_S = 2.0
@@ -65,7 +64,9 @@ class RouterIngress:
             self.config,
             embedder=self.embedder,
             specialists={name: self._handle_specialist(name, h) for name, h in specialists.items()},
-            aggregator=HandleAggregator(aggregator) if aggregator is not None else self._local_aggregator(),
+            aggregator=HandleAggregator(aggregator) if aggregator is not None else local_aggregator(
+                self.config, self.embedder  # the answers share this ingress's batched passes with the questions
+            ),
             retriever=self.retriever,
         )
 
@@ -76,15 +77,6 @@ class RouterIngress:
         members = len(by_base(self.config.specialists)[spec.base])
         mux = multiplexed(spec.deployment.max_adapters_per_replica, members)
         return HandleSpecialist(name, handle, on_base=True, multiplexed=mux)
-
-    def _local_aggregator(self) -> Aggregator:
-        """Trimming and agreement in this process: every member's tokenizer (no weights), this ingress's embedder
-        (the answers share its batched passes with the questions)."""
-        from council.backends.tokens import load_tokenizer_counter
-        from council.local_aggregator import LocalAggregator
-
-        counters = {s.name: load_tokenizer_counter(s) for s in self.config.specialists}
-        return LocalAggregator(self.embedder, counters, self.config.aggregator)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this once per replica, after __init__, for the HTTP routes over this instance."""
