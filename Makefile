@@ -76,10 +76,13 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy council
 	$(VENV)/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 
-# The framework against accelerator-like members (simulated engine: issue 17's targets), then the real-model rows.
-bench: $(STAMP)
+# The framework against accelerator-like members (simulated engine: issue 17's targets), then the real-model rows:
+# the council on the demo's transformers members (overhead.py) and each engine alone on the demo checkpoint and a
+# >= 20M model (engines.py; vLLM is installed for it). About an hour on an idle 2-core box.
+bench: $(STAMP) $(VLLM_STAMP)
 	$(PY) bench/framework.py
 	$(PY) bench/overhead.py
+	$(PY) bench/engines.py
 
 clean:
 	rm -rf $(VENV) .council .pytest_cache

@@ -271,10 +271,17 @@ def demo(
     per_kind: Annotated[int, typer.Option(help="Questions asked of each kind.")] = 2,
     engine: ENGINE = "transformers",
     vllm_members: VLLM_MEMBERS = None,
+    adapters: Annotated[
+        bool, typer.Option("--adapters", help="The demo council as one base + six LoRA adapters (adapters.yaml).")
+    ] = False,
 ) -> None:
     """Ingest the demo world, deploy the council, and ask trained, fresh and unanswerable questions."""
-    from council.demo.run import run_demo
+    from council.demo.run import DEMO_DIR, run_demo
 
+    if adapters:
+        if config is not None:
+            raise typer.BadParameter("give --adapters or --config, not both", param_hint="--adapters")
+        config = DEMO_DIR / "adapters.yaml"
     run_demo(
         console, once=once, in_process=in_process, config=config, port=port, per_kind=per_kind, engine=engine,
         vllm_members=vllm_members,

@@ -51,3 +51,12 @@ def test_demo_once_on_its_own_ray_serve(tmp_path: Path) -> None:
     _check(out)
     assert "deployed in" in out.stdout
     assert "the page: http://127.0.0.1:" in out.stdout  # `make demo` prints where the web page is
+
+
+def test_demo_adapters_in_process(tmp_path: Path) -> None:
+    """`council demo --adapters`: the demo council as one base + six LoRA adapters (adapters.yaml), each kind asked."""
+    out = _demo(tmp_path, "--in-process", "--adapters", timeout=600)
+    _check(out)
+    assert "adapters.yaml" in out.stdout
+    both = _demo(tmp_path, "--in-process", "--adapters", "--config", "council/demo/council.yaml", timeout=120)
+    assert both.returncode == 2 and "--adapters or --config" in both.stdout + both.stderr
