@@ -148,6 +148,10 @@ class EscalationConfig(StrictModel):
     min_agreement: float = Field(
         1.0, ge=0, le=1, description="The first members' weighted agreement below which the rest are asked."
     )
+    step: int | None = Field(
+        None, ge=1, description="Members added per widening, stopping once the answers so far decide the k-member "
+        "vote whatever the rest would say; None: all the rest at once.",
+    )  # fmt: skip
 
 
 class RouterConfig(StrictModel):

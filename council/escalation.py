@@ -9,13 +9,13 @@ pipeline's own fan-out and vote, so retrieval and trimming happen once.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from council.agreement import Verdict, is_unknown
+from council.agreement import Verdict, is_unknown, route_weight
 from council.config import EscalationConfig
 from council.types import MemberAnswer
 
-__all__ = ["ABSTAINED", "DISAGREED", "SETTLED", "UNANSWERED", "convene", "first_round", "settings", "widen"]
+__all__ = ["ABSTAINED", "DISAGREED", "SETTLED", "UNANSWERED", "convene", "decided", "first_round", "settings", "widen"]
 
 SETTLED = "settled"  # the first members answered alone
 UNANSWERED = "unanswered"  # one of them failed, timed out or had no room, or too few answered for the quorum
@@ -60,24 +60,62 @@ def widen(first: Sequence[MemberAnswer], verdict: Verdict | None, *, min_agreeme
     return None
 
 
+def _weight(score: float) -> float:
+    return max(route_weight(score), 1e-6)
+
+
+def decided(
+    asked: Sequence[MemberAnswer], verdict: Verdict, unasked: Sequence[float], *, agreement_threshold: float,
+    quorum: int,
+) -> bool:
+    """Whether the answers so far decide the vote of every chosen member, whatever the unasked ones (their route
+    scores) would say: the winning cluster outweighs every other one even if all of the unasked joined it, and it is
+    "unknown" (the council abstains either way) or already holds `agreement_threshold` of all the weight."""
+    answered = [m for m in asked if m.ok]
+    if len(answered) < quorum or verdict.winner is None:
+        return False
+    weight = [_weight(m.route_score) for m in answered]
+    masses = [sum(weight[i] for i in c) for c in verdict.clusters]
+    win = next(j for j, c in enumerate(verdict.clusters) if verdict.winner in c)
+    runner_up = max((mass for j, mass in enumerate(masses) if j != win), default=0.0)
+    rest = sum(_weight(s) for s in unasked)
+    if masses[win] <= runner_up + rest + _TOL:  # the unasked could tie or overturn it
+        return False
+    share = masses[win] / (sum(weight) + rest)
+    return is_unknown(answered[verdict.winner].answer or "") or share >= agreement_threshold - _TOL
+
+
 async def convene(
     chosen: Sequence[str],
     escalation: EscalationConfig | None,
     *,
     named: bool,
     quorum: int,
+    scores: Mapping[str, float],
+    agreement_threshold: float,
     fan_out: FanOut,
     vote: Vote,
 ) -> tuple[list[MemberAnswer], str | None]:
     """The members' answers and how escalation went (None: it did not apply, every chosen member was asked at
-    once; SETTLED: only the first members were asked; else why the rest were asked too)."""
+    once; SETTLED: only the first members were asked; else why more were asked). With `escalation.step`, members
+    are added `step` at a time until the answers decide the k-member vote (`decided`) or all k are asked."""
     first = first_round(chosen, escalation, named=named)
     if first is None or escalation is None:
         return await fan_out(chosen, ()), None
+
+    async def verdict(asked: list[MemberAnswer]) -> Verdict | None:
+        answered = [m for m in asked if m.ok]
+        return await vote(answered) if answered else None
+
     asked = await fan_out(first, ())
-    answered = [m for m in asked if m.ok]
-    verdict = await vote(answered) if answered else None
-    reason = widen(asked, verdict, min_agreement=escalation.min_agreement, quorum=quorum)
+    reason = widen(asked, await verdict(asked), min_agreement=escalation.min_agreement, quorum=quorum)
     if reason is None:
         return asked, SETTLED
-    return await fan_out(chosen, asked), reason
+    step = escalation.step or len(chosen)
+    while len(asked) < len(chosen):
+        asked = await fan_out(chosen[: len(asked) + step], asked)
+        unasked = [scores[n] for n in chosen[len(asked) :]]
+        v = await verdict(asked) if unasked else None
+        if v is not None and decided(asked, v, unasked, agreement_threshold=agreement_threshold, quorum=quorum):
+            break
+    return asked, reason

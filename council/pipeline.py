@@ -170,7 +170,8 @@ class Council:
                 # With escalation, the top members first and the rest of the top-k only if they do not settle it.
                 members, escalation = await convene(
                     decision.chosen, settings(req.escalation, cfg.router.escalation),
-                    named=req.specialists is not None, quorum=self._quorum(decision.chosen),
+                    named=req.specialists is not None, quorum=self._quorum(decision.chosen), scores=decision.scores,
+                    agreement_threshold=cfg.aggregator.agreement_threshold,
                     fan_out=lambda names, earlier: self._fan_out(
                         req, names, decision.scores, plans, vectors, emit=emit, tokens=tokens, earlier=earlier
                     ),

@@ -8,7 +8,7 @@ import pytest
 from council.agreement import Verdict
 from council.config import CouncilConfig, EscalationConfig
 from council.errors import ConfigError, InvalidRequest
-from council.escalation import ABSTAINED, DISAGREED, SETTLED, UNANSWERED, first_round, settings, widen
+from council.escalation import ABSTAINED, DISAGREED, SETTLED, UNANSWERED, decided, first_round, settings, widen
 from council.serving.schemas import AskBody
 from council.types import AskRequest, CouncilAnswer, MemberAnswer
 from tests.unit.test_pipeline import ScriptedSpecialist, make_config, make_council
@@ -53,6 +53,20 @@ def test_widen_says_why() -> None:
     assert widen([ok("a")], verdict(1.0), min_agreement=0.5, quorum=2) == UNANSWERED
     # Cancelled by early exit: the first members' vote was decided without it.
     assert widen([ok("a"), MemberAnswer("b", 0.5, cancelled=True)], verdict(1.0), min_agreement=1.0, quorum=1) is None
+
+
+def test_decided_when_the_unasked_cannot_change_the_vote() -> None:
+    # Route score 0.5 weighs 0.75, 0.0 weighs 0.5 (route_weight).
+    two_unknown = [ok("a", "unknown"), ok("b", "unknown")]
+    both = Verdict("unknown", 1.0, 0.0, True, ((0, 1),), 0)
+    assert decided(two_unknown, both, [0.0], agreement_threshold=0.5, quorum=1)  # 1.5 against at most 0.5
+    assert not decided(two_unknown, both, [0.5, 0.5], agreement_threshold=0.5, quorum=1)  # a tie is not decided
+    split = Verdict("unknown", 0.5, 0.69, True, ((0,), (1,)), 0)
+    assert not decided([ok("a", "unknown"), ok("b")], split, [0.0], agreement_threshold=0.5, quorum=1)
+    agree = Verdict("paris", 1.0, 0.0, False, ((0, 1),), 0)
+    assert decided([ok("a"), ok("b")], agree, [0.0], agreement_threshold=0.5, quorum=1)  # 1.5 of 2.0 whatever c says
+    assert not decided([ok("a"), ok("b")], agree, [0.0], agreement_threshold=0.8, quorum=1)  # 0.75 < 0.8 so far
+    assert not decided([ok("a"), ok("b")], agree, [0.0], agreement_threshold=0.5, quorum=3)
 
 
 def test_config_refuses_first_not_below_k() -> None:
@@ -131,3 +145,16 @@ async def test_a_streamed_deliberation_emits_the_second_rounds_members() -> None
     final = events[-1]
     assert isinstance(final, CouncilAnswer) and final.escalation == ABSTAINED and len(final.members) == 3
 
+
+
+async def test_step_widening_stops_once_the_vote_is_decided() -> None:
+    # Three "unknown"s: after the top two, the third cannot overturn the abstention, so it is never asked.
+    specs = [ScriptedSpecialist(f"m{i}", "unknown") for i in range(3)]
+    ans = await make_council(specs, make_config(escalation={"first": 1, "step": 1})).ask(AskRequest(LAW))
+    assert ans.route is not None and calls(specs) == dict.fromkeys(ans.route.chosen[:2], 1)
+    assert ans.escalation == ABSTAINED and ans.abstained and len(ans.members) == 2
+    # The top says "unknown", the next "paris": undecided, so the third is asked as well.
+    ans = await make_council(unsure := unsure_first(), make_config(escalation={"first": 1, "step": 1})).ask(
+        AskRequest(LAW)
+    )
+    assert calls(unsure) == {"m0": 1, "m1": 1, "m2": 1} and len(ans.members) == 3
