@@ -2,7 +2,9 @@
 
 The top `first` routed members are asked first; the rest of the top-k are asked only when those do not settle the
 question: one of them failed, one said "unknown" (or their vote abstained), or their weighted agreement is below
-`min_agreement`. Then every answer is aggregated as one k-member council's. Early exit stops *waiting* for
+`min_agreement`. Then every answer is aggregated as one k-member council's. No more members are asked once the
+answers in hand decide the k-member vote whatever the rest would say (`decided`: two "unknown"s of three cannot be
+outvoted), and `step` widens a few members at a time instead of all at once. Early exit stops *waiting* for
 stragglers; escalation saves the calls themselves. The decision is pure; `convene` sequences the two rounds over the
 pipeline's own fan-out and vote, so retrieval and trimming happen once.
 """
@@ -97,25 +99,32 @@ async def convene(
     vote: Vote,
 ) -> tuple[list[MemberAnswer], str | None]:
     """The members' answers and how escalation went (None: it did not apply, every chosen member was asked at
-    once; SETTLED: only the first members were asked; else why more were asked). With `escalation.step`, members
-    are added `step` at a time until the answers decide the k-member vote (`decided`) or all k are asked."""
+    once; SETTLED: only the first members were asked; else why more were asked). Whenever the answers in hand
+    decide the k-member vote (`decided`), no more are asked. With `escalation.step`, members are added `step` at a
+    time, else all the rest at once."""
     first = first_round(chosen, escalation, named=named)
     if first is None or escalation is None:
         return await fan_out(chosen, ()), None
 
-    async def verdict(asked: list[MemberAnswer]) -> Verdict | None:
+    async def settled(asked: list[MemberAnswer]) -> bool:
+        """The answers so far decide the k-member vote (always false once all k are asked: nothing to save)."""
         answered = [m for m in asked if m.ok]
-        return await vote(answered) if answered else None
+        unasked = [scores[n] for n in chosen[len(asked) :]]
+        if not answered or not unasked:
+            return False
+        v = await vote(answered)
+        return decided(asked, v, unasked, agreement_threshold=agreement_threshold, quorum=quorum)
 
     asked = await fan_out(first, ())
-    reason = widen(asked, await verdict(asked), min_agreement=escalation.min_agreement, quorum=quorum)
-    if reason is None:
+    answered = [m for m in asked if m.ok]
+    reason = widen(asked, await vote(answered) if answered else None, min_agreement=escalation.min_agreement,
+                   quorum=quorum)  # fmt: skip
+    # Unsure first members whose answers already decide the k-member vote (two "unknown"s of three) settle it too.
+    if reason is None or await settled(asked):
         return asked, SETTLED
     step = escalation.step or len(chosen)
     while len(asked) < len(chosen):
         asked = await fan_out(chosen[: len(asked) + step], asked)
-        unasked = [scores[n] for n in chosen[len(asked) :]]
-        v = await verdict(asked) if unasked else None
-        if v is not None and decided(asked, v, unasked, agreement_threshold=agreement_threshold, quorum=quorum):
+        if await settled(asked):
             break
     return asked, reason

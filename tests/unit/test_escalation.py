@@ -158,3 +158,11 @@ async def test_step_widening_stops_once_the_vote_is_decided() -> None:
         AskRequest(LAW)
     )
     assert calls(unsure) == {"m0": 1, "m1": 1, "m2": 1} and len(ans.members) == 3
+
+
+async def test_first_members_whose_unknowns_decide_the_vote_settle_it() -> None:
+    # The top two say "unknown": the third cannot outvote them, so it is not asked even without `step`.
+    specs = [ScriptedSpecialist(f"m{i}", "unknown") for i in range(3)]
+    ans = await make_council(specs, make_config(escalation={"first": 2})).ask(AskRequest(LAW))
+    assert ans.route is not None and calls(specs) == dict.fromkeys(ans.route.chosen[:2], 1)
+    assert ans.escalation == SETTLED and ans.abstained and len(ans.members) == 2
