@@ -22,6 +22,7 @@ __all__ = [
     "AutoscalingOptions",
     "CouncilConfig",
     "DeploymentOptions",
+    "EscalationConfig",
     "GenerationOptions",
     "SpecialistConfig",
     "format_validation_error",
@@ -139,6 +140,20 @@ class SpecialistConfig(StrictModel):
         return self
 
 
+class EscalationConfig(StrictModel):
+    """Confidence escalation: the top `first` routed members are asked first; the rest of the top-k only when they
+    do not settle the question (one failed, one said "unknown", or their agreement is below `min_agreement`)."""
+
+    first: int = Field(1, ge=1, description="Members asked first (the top of the route); must be below router.k.")
+    min_agreement: float = Field(
+        1.0, ge=0, le=1, description="The first members' weighted agreement below which the rest are asked."
+    )
+    step: int | None = Field(
+        None, ge=1, description="Members added per widening, stopping once the answers so far decide the k-member "
+        "vote whatever the rest would say; None: all the rest at once.",
+    )  # fmt: skip
+
+
 class RouterConfig(StrictModel):
     k: int = Field(3, ge=1, description="Specialists asked per question (top-k by route score).")
     min_score: float = Field(-1.0, ge=-1, le=1, description="Specialists scoring below this are not asked.")
@@ -155,6 +170,16 @@ class RouterConfig(StrictModel):
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs per ingress replica.")
+    escalation: EscalationConfig | None = Field(
+        None, description="Ask the top members first, the rest of the top-k only when they do not settle it; None: off."
+    )
+
+    @model_validator(mode="after")
+    def _first_below_k(self) -> RouterConfig:
+        if self.escalation is not None and self.escalation.first >= self.k:
+            msg = f"{self.escalation.first} must be below router.k={self.k}: the members asked first are some of the k"
+            raise PydanticCustomError(_NESTED, "{nested}", {"nested": [("escalation.first", msg)]})
+        return self
 
 
 class ChunkingOptions(StrictModel):

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from council import routing
-from council.agreement import route_weight
+from council.agreement import Verdict, route_weight
 from council.answer_vectors import AnswerVectors
 from council.batching import embed_async
 from council.config import CouncilConfig
 from council.errors import MEMBER_TIMEOUT, InvalidRequest, QuestionTooLong, QuorumNotMet, RetrievalTimeout, incident
+from council.escalation import convene, settings
 from council.protocols import Aggregator, ChatSpecialist, Embedder, Retriever, Specialist
 from council.synthesis import synthesise
 from council.types import (
@@ -49,9 +50,14 @@ _TOO_LONG = f"{QuestionTooLong.type}: question too long for this member's contex
 Plan = list[tuple[list[str], TrimReport]]
 
 
+def _too_long(chosen: Sequence[str], plans: Mapping[str, Plan]) -> list[str]:
+    """The chosen members whose context window the question does not fit."""
+    return [n for n in chosen if plans[n][0][1].budget_tokens < 0]
+
+
 def _check_room(chosen: Sequence[str], plans: Mapping[str, Plan]) -> list[str]:
     """The chosen members the question does not fit; QuestionTooLong when it fits none of them."""
-    too_long = [n for n in chosen if plans[n][0][1].budget_tokens < 0]
+    too_long = _too_long(chosen, plans)
     if len(too_long) == len(chosen):
         raise QuestionTooLong(
             "the question leaves no room in the context window of any chosen specialist: " + ", ".join(too_long)
@@ -161,9 +167,16 @@ class Council:
         vectors = AnswerVectors(self.embedder)
         try:
             with watch.stage("members"):
-                members = await self._fan_out(
-                    req, decision.chosen, decision.scores, plans, vectors, emit=emit, tokens=tokens
-                )
+                # With escalation, the top members first and the rest of the top-k only if they do not settle it.
+                members, escalation = await convene(
+                    decision.chosen, settings(req.escalation, cfg.router.escalation),
+                    named=req.specialists is not None, quorum=self._quorum(decision.chosen), scores=decision.scores,
+                    agreement_threshold=cfg.aggregator.agreement_threshold,
+                    fan_out=lambda names, earlier: self._fan_out(
+                        req, names, decision.scores, plans, vectors, emit=emit, tokens=tokens, earlier=earlier
+                    ),
+                    vote=lambda answered: self._vote(answered, vectors),
+                )  # fmt: skip
             with watch.stage("aggregate"):
                 answered = [m for m in members if m.ok]
                 quorum = self._quorum(decision.chosen)
@@ -172,7 +185,7 @@ class Council:
                         f"{len(answered)} of {len(members)} members answered; the quorum is {quorum}",
                         details={"members": {m.name: m.error or "cancelled" for m in members if not m.ok}},
                     )
-                verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
+                verdict = await self._vote(answered, vectors)
         finally:
             vectors.cancel()
         synthesis, synthesis_failed = None, None
@@ -198,7 +211,7 @@ class Council:
             degraded=any(m.error is not None for m in members) or synthesis_failed is not None,
             members=tuple(members),
             sources=tuple(chunks),
-            trims=tuple(plans[name][0][1] for name in decision.chosen if plans.get(name)),
+            trims=tuple(plans[m.name][0][1] for m in members if plans.get(m.name)),
             timings=watch.timings,
             route=decision,
             synthesis=synthesis,
@@ -207,6 +220,7 @@ class Council:
                 tuple(answered[i].name for i in c)
                 for c in sorted(verdict.clusters, key=lambda c: verdict.winner not in c)
             ),
+            escalation=escalation,
         )
 
     def _conversation(self, req: AskRequest) -> Callable[[str], Conversation | None]:
@@ -248,15 +262,15 @@ class Council:
         *,
         emit: Emit,
         tokens: bool,
+        earlier: Sequence[MemberAnswer] = (),
     ) -> list[MemberAnswer]:
         """Ask every chosen member in parallel; no member holds the request past the member timeout. Each
-        member's answer is emitted as it lands."""
+        member's answer is emitted as it lands. `earlier`: answers already in hand (escalation's first round);
+        those members are not asked again, and their answers count towards early exit."""
         cfg = self.config.router
-        too_long = _check_room(chosen, plans)
-        results: dict[str, MemberAnswer] = {
-            n: MemberAnswer(n, scores[n], error=_TOO_LONG, error_code=QuestionTooLong.type) for n in too_long
-        }
-        for answer in results.values():
+        results: dict[str, MemberAnswer] = {m.name: m for m in earlier}
+        for n in _too_long([n for n in chosen if n not in results], plans):
+            results[n] = answer = MemberAnswer(n, scores[n], error=_TOO_LONG, error_code=QuestionTooLong.type)
             emit(answer)
         tasks = {
             asyncio.create_task(self._ask_member(n, req, plans[n], scores[n], vectors, emit if tokens else None)): n
@@ -368,7 +382,7 @@ class Council:
         quorum = self._quorum(chosen)
         if len(answered) < quorum:
             return False
-        verdict = await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
+        verdict = await self._vote(answered, vectors)
         if verdict.abstained or verdict.winner is None:
             return False
         weights = {n: max(route_weight(scores[n]), 1e-6) for n in chosen}
@@ -376,6 +390,9 @@ class Council:
         share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
         # Share of ALL chosen members' weight: stragglers cannot overturn it.
         return len(winners) >= quorum and share >= self.config.aggregator.agreement_threshold
+
+    async def _vote(self, answered: list[MemberAnswer], vectors: AnswerVectors) -> Verdict:
+        return await self.aggregator.aggregate(answered, await vectors.matrix(_answers(answered)))
 
     def _quorum(self, chosen: Sequence[str]) -> int:
         """The fewest answers the council needs: the configured quorum, capped by how many members were asked."""

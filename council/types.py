@@ -151,6 +151,9 @@ class AskRequest:
     documents: tuple[Document, ...] = ()
     specialists: tuple[str, ...] | None = None
     early_exit: bool | None = None
+    # Ask the top members first and the rest of the top-k only when they do not settle it (router.escalation; True
+    # with none configured: its defaults); False: ask all k at once.
+    escalation: bool | None = None
     use_retrieval: bool = True
     # A chat request's history and decoding settings (the OpenAI route); None: a plain question.
     conversation: Conversation | None = None
@@ -201,6 +204,14 @@ class CouncilAnswer:
     synthesis_failed: str | None = None
     # The members whose answers fell together (by name), the cluster the council's answer came from first.
     clusters: tuple[tuple[str, ...], ...] = ()
+    # With escalation: "settled" (the first members' answers decided it; `members` holds only them), else why more
+    # of the top-k were asked: "unanswered", "abstained" or "disagreed". None: every chosen member asked at once.
+    escalation: str | None = None
+
+    @property
+    def escalated(self) -> bool:
+        """The first members did not settle the question, so the rest of the top-k were asked too."""
+        return self.escalation not in (None, "settled")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the HTTP API's response body)."""
@@ -236,6 +247,7 @@ class CouncilAnswer:
             synthesis=Synthesis.from_dict(d["synthesis"]) if d.get("synthesis") else None,
             synthesis_failed=d.get("synthesis_failed"),
             clusters=tuple(tuple(c) for c in d.get("clusters") or ()),
+            escalation=d.get("escalation"),
         )
 
 

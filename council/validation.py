@@ -58,6 +58,11 @@ def validate(req: AskRequest, config: CouncilConfig) -> AskRequest:
         )
     if req.specialists is not None and len(req.specialists) > n:
         raise InvalidRequest(f"specialists: {len(req.specialists)} named; the council has {n}")
+    if req.escalation and req.specialists is not None:
+        raise InvalidRequest(
+            "escalation: true asks the routed top members first, but this request names its specialists (all of "
+            "them are asked): leave out one or the other"
+        )
     asked = len(set(req.specialists)) if req.specialists else min(req.k or config.router.k, n)
     generations = asked * (req.orderings or config.aggregator.orderings)
     if generations > config.router.max_generations:

@@ -23,6 +23,7 @@ MEMBER_CANCELLED = "council_member_cancelled"
 CONTEXT_TOKENS = "council_context_tokens"
 TRIMMED_CHUNKS = "council_trimmed_chunks"
 TOKENS_TRIMMED = "council_tokens_trimmed"
+ESCALATIONS = "council_escalations"
 
 _LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 _AGREEMENT = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
@@ -84,6 +85,12 @@ class CouncilMetrics:
         self.tokens_trimmed = Counter(
             TOKENS_TRIMMED, "Context tokens removed to fit a member's budget.", tag_keys=("member",)
         )
+        self.escalations = Counter(
+            ESCALATIONS,
+            "Answered requests run with escalation, by outcome: settled (the first members alone) or why the rest "
+            "were asked (unanswered, abstained, disagreed).",
+            tag_keys=("outcome",),
+        )
 
     def record_answer(self, answer: CouncilAnswer, elapsed_s: float) -> None:
         """Count one answered request: outcome, agreement, each member's latency or failure, the trims."""
@@ -95,6 +102,8 @@ class CouncilMetrics:
             self.abstentions.inc(1)
         if answer.degraded:
             self.degraded.inc(1)
+        if answer.escalation is not None:
+            self.escalations.inc(1, tags={"outcome": answer.escalation})
         for m in answer.members:
             kind = member_failure(m)
             if kind is None:

@@ -66,6 +66,9 @@ class AskOptions(_Strict):
     documents: list[DocumentIn] = Field(default_factory=list, description="Ephemeral documents, this request only.")
     specialists: list[StrictStr] | None = Field(default=None, description="Ask exactly these specialists.")
     early_exit: StrictBool | None = Field(default=None, description="Answer once a quorum agrees.")
+    escalation: StrictBool | None = Field(
+        default=None, description="Ask the top members first, the rest of the top-k only if they do not settle it."
+    )
     use_retrieval: StrictBool = Field(default=True, description="Search the tenant's store.")
     synthesis: StrictBool = Field(
         default=True, description="Let the configured chairman write the answer (false: the voted answer)."
@@ -83,6 +86,7 @@ class AskOptions(_Strict):
             "ordering": self.ordering,
             "orderings": self.orderings,
             "early_exit": self.early_exit,
+            "escalation": self.escalation,
             "use_retrieval": self.use_retrieval,
             "synthesis": self.synthesis,
             "documents": tuple(d.to_document() for d in self.documents),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import requests
 
+from council.agreement import is_unknown
 from council.types import CouncilAnswer
 from tests.serve.conftest import SPECIALISTS, App
 
@@ -201,3 +202,22 @@ def test_other_routes_reject_bad_input(council_app: App, path: str, body: Any, s
 def test_still_answers_after_the_bad_inputs(council_app: App) -> None:
     r = council_app.post("/v1/council", {"question": "What is gravity?", "k": 1})
     assert r.status_code == 200, r.text
+
+
+def test_escalation_asks_the_top_member_first_over_http(council_app: App) -> None:
+    """`escalation: true` on a council without router.escalation: the defaults (first 1). The top member's answer,
+    heard from a fixed-k request first, says whether it settles the question alone or widens to all k."""
+    question = "What holds the planets in orbit?"
+    r = council_app.post("/v1/council", {"question": question, "escalation": False})
+    assert r.status_code == 200, r.text
+    full = CouncilAnswer.from_dict(r.json())
+    assert full.escalation is None and len(full.members) == 3
+    top = full.members[0]
+    settles = top.ok and not is_unknown(top.answer or "")
+    r = council_app.post("/v1/council", {"question": question, "escalation": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answer = CouncilAnswer.from_dict(body)
+    expected = "settled" if settles else "abstained" if top.ok else "unanswered"
+    assert body["escalation"] == answer.escalation == expected
+    assert [m.name for m in answer.members] == ([top.name] if settles else [m.name for m in full.members])

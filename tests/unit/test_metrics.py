@@ -76,6 +76,13 @@ def test_record_answer(probed: Any) -> None:
         (2, {"member": "a", "kind": "dropped"}),
     ]
     assert probed.tokens_trimmed.calls == [(75, {"member": "a"})]
+    assert probed.escalations.calls == []  # escalation was off for this answer
+
+
+def test_escalation_outcomes_are_counted(probed: Any) -> None:
+    probed.record_answer(_answer(escalation="settled"), 0.2)
+    probed.record_answer(_answer(escalation="disagreed"), 0.4)
+    assert probed.escalations.calls == [(1, {"outcome": "settled"}), (1, {"outcome": "disagreed"})]
 
 
 def test_quorum_failures_count_each_members_failure(probed: Any) -> None:

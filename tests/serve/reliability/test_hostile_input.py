@@ -48,6 +48,7 @@ ASK_FIELDS: dict[str, Any] = {
     "documents": st.lists(document, max_size=3) | values,
     "specialists": st.lists(st.sampled_from(["physics", "history", "ghost"]), max_size=3) | values,
     "early_exit": st.booleans() | values,
+    "escalation": st.booleans() | values,
     "use_retrieval": st.booleans() | values,
     "surprise": values,
 }

@@ -1,0 +1,153 @@
+"""Fixed k against confidence escalation on the same questions (issue 19): member calls, latency, the scoreboard.
+
+`python -m council.jobs.eval_escalation` runs it on the demo council (world 0, the eval's question sample) for a
+few escalation settings and prints the table as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from council.config import CouncilConfig, EscalationConfig
+from council.errors import QuestionTooLong
+from council.jobs.scoreboard import Outcome, score
+from council.types import AskRequest, CouncilAnswer
+from council.world.generator import Question
+from council.world.judge import abstains, is_correct
+
+if TYPE_CHECKING:
+    from council.pipeline import Council
+
+__all__ = ["escalation_table", "main", "outcome"]
+
+TENANT = "public"
+# The issue's goal: at least this share of member calls saved, at no worse hallucination rate, and accuracy
+# within this many points (as a share) of fixed k.
+GOAL_CALL_REDUCTION = 0.40
+GOAL_ACCURACY_POINTS = 0.02
+
+
+def outcome(q: Question, ans: CouncilAnswer) -> Outcome:
+    """The council's answer to `q` as a scoreboard outcome; its confidence is its agreement."""
+    return Outcome(
+        kind=q.split, answerable=q.split != "unanswerable", gold=q.answer, answered=not abstains(ans),
+        right=is_correct(q, ans), confidence=ans.agreement,
+    )  # fmt: skip
+
+
+def member_calls(ans: CouncilAnswer) -> int:
+    """Members the council asked for this answer (one whose context window the question overflowed was not)."""
+    return sum(m.error_code != QuestionTooLong.type for m in ans.members)
+
+
+@contextmanager
+def escalating(council: Council, escalation: EscalationConfig) -> Iterator[None]:
+    """The council with `router.escalation` set to `escalation` for a while (checked like a config file's)."""
+    saved = council.config
+    data = saved.model_dump()
+    data["router"]["escalation"] = escalation.model_dump()
+    council.config = CouncilConfig.model_validate(data)
+    try:
+        yield
+    finally:
+        council.config = saved
+
+
+async def _run(council: Council, questions: Sequence[Question], *, escalation: bool) -> dict[str, Any]:
+    """Every question asked once (one at a time, so latencies stay per question)."""
+    outcomes, calls, latencies, how = [], [], [], Counter[str]()
+    for q in questions:
+        ans = await council.ask(AskRequest(question=q.question, tenant=TENANT, escalation=escalation))
+        outcomes.append(outcome(q, ans))
+        calls.append(member_calls(ans))
+        latencies.append(float(ans.timings.get("total", 0.0)))
+        how[ans.escalation or "off"] += 1
+    return {
+        "member_calls_mean": statistics.fmean(calls),
+        "p50_latency_ms": statistics.median(latencies),
+        "escalation": dict(sorted(how.items())),
+        "scoreboard": score(outcomes),
+    }
+
+
+async def escalation_table(
+    council: Council, questions: Sequence[Question], *, escalation: EscalationConfig
+) -> dict[str, Any]:
+    """The same questions asked with every one of the top-k members (fixed k) and with `escalation`: member calls
+    per question (mean), p50 latency, the scoreboard row of each; the reduction in calls and the issue's goal."""
+    if not questions:
+        raise ValueError("escalation_table needs at least one question")
+    fixed = await _run(council, questions, escalation=False)
+    with escalating(council, escalation):
+        escalated = await _run(council, questions, escalation=True)
+    f, e = fixed["scoreboard"]["all"], escalated["scoreboard"]["all"]
+    reduction = 1 - escalated["member_calls_mean"] / fixed["member_calls_mean"]
+    return {
+        "k": council.config.router.k,
+        "settings": escalation.model_dump(),
+        "questions": len(questions),
+        "fixed_k": fixed,
+        "escalation": escalated,
+        "call_reduction": reduction,
+        "goal": {
+            "calls_at_least_40pct_fewer": reduction >= GOAL_CALL_REDUCTION,
+            "hallucination_no_worse": e["hallucination_rate"] <= f["hallucination_rate"],
+            "accuracy_within_2_points": e["accuracy"] >= f["accuracy"] - GOAL_ACCURACY_POINTS,
+        },
+    }
+
+
+def _settings(text: str) -> EscalationConfig:
+    """FIRST[:MIN_AGREEMENT[:STEP]] (an empty field: its default)."""
+    first, agreement, step = (text.split(":") + ["", ""])[:3]
+    given = {"first": first, "min_agreement": agreement, "step": step}
+    return EscalationConfig.model_validate({k: v for k, v in given.items() if v})
+
+
+async def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from council.jobs.eval import DEMO_DIR, open_store, sample_questions
+    from council.local import build_local_council
+    from council.world.generator import build_world
+
+    world = build_world(args.world_seed)
+    config = CouncilConfig.from_yaml(args.config or DEMO_DIR / "council.yaml")
+    with tempfile.TemporaryDirectory(prefix="council-escalation-") as store:
+        config, retriever = open_store(config, world, Path(store))
+        council = build_local_council(config, retriever=retriever)
+        kinds = sample_questions(world.all_questions, world.seed, args.trained_seed, args.n, args.seed)
+        questions = [q for qs in kinds.values() for q in qs]
+        return [await escalation_table(council, questions, escalation=s) for s in args.settings]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m council.jobs.eval_escalation", description=__doc__)
+    p.add_argument("--config", type=Path, default=None, help="council config (default: the demo's)")
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--trained-seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=40, help="questions per kind (trained, fresh, unanswerable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--settings", type=_settings, nargs="+", default=[_settings("1"), _settings("2:1.0")],
+        help="escalation settings as FIRST[:MIN_AGREEMENT[:STEP]], e.g. 1 2:0.6 1::1",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="also write the tables to this JSON file")
+    args = p.parse_args(argv)
+    tables = asyncio.run(_demo(args))
+    text = json.dumps(tables, indent=1)
+    if args.out is not None:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
