@@ -16,7 +16,13 @@ from council.config_io import NESTED as _NESTED
 from council.config_io import format_validation_error, resolve_paths, validated
 from council.engine_options import ENGINE_OPTIONS, refuse_simulated
 from council.errors import ConfigError
-from council.member_options import AutoscalingOptions, DeploymentOptions, GenerationOptions, StrictModel
+from council.member_options import (
+    AutoscalingOptions,
+    DeploymentOptions,
+    EscalationConfig,
+    GenerationOptions,
+    StrictModel,
+)
 
 __all__ = [
     "AutoscalingOptions",
@@ -138,20 +144,6 @@ class SpecialistConfig(StrictModel):
         if problems:
             raise PydanticCustomError(_NESTED, "{nested}", {"nested": problems})
         return self
-
-
-class EscalationConfig(StrictModel):
-    """Confidence escalation: the top `first` routed members are asked first; the rest of the top-k only when they
-    do not settle the question (one failed, one said "unknown", or their agreement is below `min_agreement`)."""
-
-    first: int = Field(1, ge=1, description="Members asked first (the top of the route); must be below router.k.")
-    min_agreement: float = Field(
-        1.0, ge=0, le=1, description="The first members' weighted agreement below which the rest are asked."
-    )
-    step: int | None = Field(
-        None, ge=1, description="Members added per widening, stopping once the answers so far decide the k-member "
-        "vote whatever the rest would say; None: all the rest at once.",
-    )  # fmt: skip
 
 
 class RouterConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""A member's Serve deployment and decoding options (`deployment:`, `generation:` in a specialist's config).
+"""A member's Serve deployment and decoding options (`deployment:`, `generation:` in a specialist's config), and
+which members are asked first (`router.escalation`).
 
 Pydantic only; `council.config` builds the specialist and council configs over them and re-exports them.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AutoscalingOptions", "DeploymentOptions", "GenerationOptions", "StrictModel"]
+__all__ = ["AutoscalingOptions", "DeploymentOptions", "EscalationConfig", "GenerationOptions", "StrictModel"]
 
 
 class StrictModel(BaseModel):
@@ -68,3 +69,17 @@ class GenerationOptions(StrictModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (only with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (only with do_sample).")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="Generation ends at these strings.")
+
+
+class EscalationConfig(StrictModel):
+    """Confidence escalation: the top `first` routed members are asked first; the rest of the top-k only when they
+    do not settle the question (one failed, one said "unknown", or their agreement is below `min_agreement`)."""
+
+    first: int = Field(1, ge=1, description="Members asked first (the top of the route); must be below router.k.")
+    min_agreement: float = Field(
+        1.0, ge=0, le=1, description="The first members' weighted agreement below which the rest are asked."
+    )
+    step: int | None = Field(
+        None, ge=1, description="Members added per widening, stopping once the answers so far decide the k-member "
+        "vote whatever the rest would say; None: all the rest at once.",
+    )  # fmt: skip
