@@ -108,6 +108,8 @@ class EngineOutput:
     completion_tokens: int
     finish_reason: FinishReason
     latency_s: float
+    # The completion's geometric-mean token probability under the model (None: the engine gave none).
+    confidence: float | None = None
 
     def to_generation(self) -> Generation:
         """The council's `Generation` (stripped text), as `SpecialistServer` returns it today."""
@@ -117,6 +119,7 @@ class EngineOutput:
             completion_tokens=self.completion_tokens,
             latency_s=self.latency_s,
             finish_reason=self.finish_reason,
+            confidence=self.confidence,
         )
 
 
