@@ -16,6 +16,7 @@ This module is light (no torch, no vLLM, no Ray) and never imports `council.serv
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,13 @@ class Sampling:
         base.update({k: v for k, v in overrides.items() if v is not None})
         base["stop"] = tuple(base["stop"])
         return cls(**base)
+
+
+def sequence_confidence(logprobs: Sequence[float], n: int) -> float | None:
+    """An answer's sequence probability as a per-token geometric mean: exp(mean log p) over its first `n`
+    tokens (not the end-of-sequence or padding after them); None for an empty answer."""
+    scored = list(logprobs[:n])
+    return math.exp(sum(scored) / len(scored)) if scored else None
 
 
 def new_request_id() -> str:

@@ -26,8 +26,9 @@ from council.backends.engine import (
     Sampling,
     fit_prompt,
     parse_options,
+    sequence_confidence,
 )
-from council.backends.transformers import cut_at_stop, sequence_confidence
+from council.backends.transformers import cut_at_stop
 from council.config import SpecialistConfig
 from council.engine_options import TransformersOptions
 from council.errors import InvalidRequest

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from council.backends.engine import sequence_confidence
 from council.backends.tokens import (
     TokenizerCounter,
     load_model_config,
@@ -24,7 +24,7 @@ from council.types import Generation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Rows", "TransformersSpecialist", "cut_at_stop", "load_tokenizer_counter", "sequence_confidence"]
+__all__ = ["Rows", "TransformersSpecialist", "cut_at_stop", "load_tokenizer_counter"]
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -77,13 +77,6 @@ class Rows:
 
     ids: list[list[int]]
     logprobs: list[list[float]]
-
-
-def sequence_confidence(logprobs: Sequence[float], n: int) -> float | None:
-    """The answer's sequence probability as a per-token geometric mean: exp(mean log p) over its first `n`
-    tokens (not the end-of-sequence or padding after them); None for an empty answer."""
-    scored = list(logprobs[:n])
-    return math.exp(sum(scored) / len(scored)) if scored else None
 
 
 class TransformersSpecialist(TokenizerCounter):

@@ -107,6 +107,16 @@ def disagreement_auroc(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
+def at_coverage(outcomes: Sequence[Outcome], coverage: float) -> dict[str, float | None]:
+    """A system answering only its surest answers, as few as reach `coverage` of the questions (all it answered
+    when it never reaches it): the coverage it then has and its hallucination rate over every question."""
+    curve = risk_coverage(outcomes)
+    if not curve:
+        return {"coverage": 0.0, "hallucination_rate": 0.0}
+    cov, risk = next(((c, r) for c, r in curve if c >= coverage - 1e-9), curve[-1])
+    return {"coverage": cov, "hallucination_rate": cov * risk}
+
+
 def system_row(outcomes: Sequence[Outcome], seed: int = 0) -> dict[str, Any]:
     """One system's scoreboard entry: `score` (all and by kind), intervals and its risk–coverage curve."""
     return {
@@ -137,6 +147,8 @@ def assemble(
         },
         "systems": systems,
         "council_disagreement_for_wrong": disagreement_auroc(scored["council"]),
+        # The goal's comparison at equal coverage: the best single answering only its surest, as many as the council.
+        "best_single_at_council_coverage": at_coverage(scored[chosen], systems["council"]["all"]["coverage"] or 0.0),
     }
 
 

@@ -101,6 +101,9 @@ def test_demo_eval_scores_an_external_question_file_on_the_scoreboard(tmp_path: 
     auroc = board["council_disagreement_for_wrong"]
     assert auroc["answered"] == round(board["systems"]["council"]["all"]["coverage"] * 9)
     assert auroc["auroc"] is None or 0 <= auroc["auroc"] <= 1
+    matched = board["best_single_at_council_coverage"]
+    assert matched["coverage"] >= board["systems"]["council"]["all"]["coverage"] - 1e-9 or matched["coverage"] == (
+        board["systems"]["best_single"]["all"]["coverage"])
     # The k sweep asks every kind, so its hallucination rate counts answers to unanswerable questions too.
     assert [r["k"] for r in m["k_sweep"]] == [1, 2, 3, 4, 5, 6]
     assert all(0 <= r["hallucination_rate"] <= 1 - r["accuracy"] for r in m["k_sweep"])

@@ -3,7 +3,9 @@ council's disagreement AUROC counts answered unanswerable questions, and the int
 
 from __future__ import annotations
 
-from council.jobs.eval_scoreboard import assemble, disagreement_auroc, outcome
+import pytest
+
+from council.jobs.eval_scoreboard import assemble, at_coverage, disagreement_auroc, outcome
 from council.jobs.scoreboard import Outcome
 
 
@@ -68,3 +70,12 @@ def test_disagreement_auroc_counts_answered_unanswerable_questions() -> None:
     assert got == {"answered": 4, "wrong": 2, "auroc": 1.0}
     council[0] = right(confidence=0.5)  # a right answer less sure than a wrong one
     assert disagreement_auroc(council)["auroc"] == 0.75
+
+
+def test_at_coverage_answers_only_the_surest() -> None:
+    outs = [right(confidence=0.9), wrong(confidence=0.8), right(confidence=0.7), wrong(confidence=0.1), unknown()]
+    assert at_coverage(outs, 0.2) == {"coverage": 0.2, "hallucination_rate": 0.0}
+    assert at_coverage(outs, 0.3)["hallucination_rate"] == pytest.approx(0.2)  # the two surest: one wrong
+    assert at_coverage(outs, 0.9) == {"coverage": 0.8, "hallucination_rate": pytest.approx(0.4)}  # never reaches
+    board = boards([wrong()], [right()], [right(), unknown()])
+    assert board["best_single_at_council_coverage"] == {"coverage": 0.5, "hallucination_rate": 0.5}

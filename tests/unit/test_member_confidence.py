@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from council.backends.engine import EngineRequest, Sampling
+from council.backends.engine import EngineRequest, Sampling, sequence_confidence
 from council.backends.hf_engine import TransformersEngine
-from council.backends.transformers import TransformersSpecialist, sequence_confidence
+from council.backends.transformers import TransformersSpecialist
 from council.config import CouncilConfig
 from council.testing.tiny import build_tiny_gpt2, tiny_specialist_config
 from council.types import MemberAnswer
