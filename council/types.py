@@ -43,6 +43,8 @@ class Generation:
     embedding: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
     # Why decoding ended: "stop" (end of sequence or a stop string), "length" (max_tokens), "abort".
     finish_reason: str = "stop"
+    # The model's own confidence in the text: its tokens' geometric-mean probability (None: the engine gave none).
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class MemberAnswer:
     consistency: float | None = None
     # Why the member's decoding ended ("stop", "length"); None when it did not answer.
     finish_reason: str | None = None
+    # The member's own confidence in its answer (its tokens' geometric-mean probability, `Generation.confidence`);
+    # None when its engine gives none.
+    confidence: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ This module is light (no torch, no vLLM, no Ray) and never imports `council.serv
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,13 @@ class Sampling:
         return cls(**base)
 
 
+def sequence_confidence(logprobs: Sequence[float], n: int) -> float | None:
+    """An answer's sequence probability as a per-token geometric mean: exp(mean log p) over its first `n`
+    tokens (not the end-of-sequence or padding after them); None for an empty answer."""
+    scored = list(logprobs[:n])
+    return math.exp(sum(scored) / len(scored)) if scored else None
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -108,6 +116,8 @@ class EngineOutput:
     completion_tokens: int
     finish_reason: FinishReason
     latency_s: float
+    # The completion's geometric-mean token probability under the model (None: the engine gave none).
+    confidence: float | None = None
 
     def to_generation(self) -> Generation:
         """The council's `Generation` (stripped text), as `SpecialistServer` returns it today."""
@@ -117,6 +127,7 @@ class EngineOutput:
             completion_tokens=self.completion_tokens,
             latency_s=self.latency_s,
             finish_reason=self.finish_reason,
+            confidence=self.confidence,
         )
 
 

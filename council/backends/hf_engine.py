@@ -26,6 +26,7 @@ from council.backends.engine import (
     Sampling,
     fit_prompt,
     parse_options,
+    sequence_confidence,
 )
 from council.backends.transformers import cut_at_stop
 from council.config import SpecialistConfig
@@ -330,15 +331,12 @@ class TransformersEngine(ConfiguredEngine):
                 del self._passes[ticket]
         latency = time.perf_counter() - start
         return [
-            self._finish(r, row, len(p), sampling, flag.is_set(), latency)
-            for r, row, p, flag in zip(requests, rows, ids, flags, strict=True)
+            self._finish(r, row, lp, len(p), sampling, flag.is_set(), latency)
+            for r, row, lp, p, flag in zip(requests, rows.ids, rows.logprobs, ids, flags, strict=True)
         ]
 
     def _ended(self, new_ids: Sequence[int]) -> int:
-        """How many of `new_ids` count: those before the first eos/pad (a finished row is filled with pad)."""
-        tok = self._live().tokenizer
-        ends = {tok.eos_token_id, tok.pad_token_id}
-        return next((i for i, t in enumerate(new_ids) if t in ends), len(new_ids))
+        return self._live().ended_at(new_ids)
 
     def _text(self, new_ids: Sequence[int], stop: tuple[str, ...]) -> str:
         n = self._ended(new_ids)
@@ -349,6 +347,7 @@ class TransformersEngine(ConfiguredEngine):
         self,
         request: EngineRequest,
         new_ids: list[int],
+        logprobs: list[float],
         prompt_tokens: int,
         sampling: Sampling,
         aborted: bool,
@@ -364,7 +363,9 @@ class TransformersEngine(ConfiguredEngine):
             reason = "stop"
         else:
             reason = "length"
-        return EngineOutput(request.request_id, cut, prompt_tokens, n, reason, latency)
+        return EngineOutput(
+            request.request_id, cut, prompt_tokens, n, reason, latency, confidence=sequence_confidence(logprobs, n)
+        )
 
 
 if TYPE_CHECKING:  # mypy checks that the class implements the Engine protocol

@@ -7,8 +7,10 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from council.backends.engine import sequence_confidence
 from council.backends.tokens import (
     TokenizerCounter,
     load_model_config,
@@ -22,7 +24,7 @@ from council.types import Generation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformersSpecialist", "cut_at_stop", "load_tokenizer_counter"]
+__all__ = ["Rows", "TransformersSpecialist", "cut_at_stop", "load_tokenizer_counter"]
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -68,6 +70,15 @@ def load_causal_lm(config: SpecialistConfig, device: str, dtype: Any) -> Any:
     return model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What one `generate` pass produced, per row: the new token ids (padding after a stop included) and the
+    model's log-probability of each of them (raw logits, before any sampling warper)."""
+
+    ids: list[list[int]]
+    logprobs: list[list[float]]
+
+
 class TransformersSpecialist(TokenizerCounter):
     """Implements both `Specialist` (async generate) and `TokenCounter` (its own tokenizer's counts)."""
 
@@ -106,9 +117,12 @@ class TransformersSpecialist(TokenizerCounter):
         if max_new >= self.context_window:
             raise InvalidRequest(f"max_new_tokens={max_new} leaves no room in a {self.context_window}-token window")
         ids = [self._fit(self.encode_prompt(p), self.context_window - max_new) for p in prompts]
-        new_tokens = self._run(ids, max_new)
+        rows = self._run(ids, max_new)
         latency = time.perf_counter() - start
-        return [self._finish(row, len(prompt), latency) for row, prompt in zip(new_tokens, ids, strict=True)]
+        return [
+            self._finish(row, lp, len(prompt), latency)
+            for row, lp, prompt in zip(rows.ids, rows.logprobs, ids, strict=True)
+        ]
 
     def healthy(self) -> bool:
         """Whether a one-token generation works."""
@@ -138,8 +152,9 @@ class TransformersSpecialist(TokenizerCounter):
         sampling: dict[str, Any] | None = None,
         streamer: Any = None,
         adapters: Sequence[str | None] = (),
-    ) -> list[list[int]]:
-        """Left-pad, generate, and return each row's new tokens (padding after a stop included).
+    ) -> Rows:
+        """Left-pad, generate, and return each row's new tokens (padding after a stop included) with their
+        log-probabilities.
 
         `stopping` / `sampling` replace the config's stop criteria / sampling kwargs (the engine's per-request
         settings); `streamer` is a transformers streamer fed each new token; `adapters`: per row, the loaded LoRA
@@ -160,9 +175,15 @@ class TransformersSpecialist(TokenizerCounter):
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
                 streamer=streamer,
+                return_dict_in_generate=True,
+                output_logits=True,  # raw logits per step: the chosen tokens' probabilities (confidence)
                 **(self._sampling() if sampling is None else sampling),
             )
-        return [row.tolist() for row in out[:, width:].cpu()]
+            new = out.sequences[:, width:]
+            # (rows, steps): log-softmax of each step's raw logits, read at the token chosen at that step.
+            logits = torch.stack(out.logits, dim=1)[:, : new.shape[1]].float()
+            chosen = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        return Rows([row.tolist() for row in new.cpu()], [row.tolist() for row in chosen.cpu()])
 
     # -- LoRA adapters over this (unmerged) model, one active per pass (a PeftModel once one is loaded) ----------
 
@@ -209,10 +230,16 @@ class TransformersSpecialist(TokenizerCounter):
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         return {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p}
 
-    def _finish(self, new_ids: list[int], prompt_tokens: int, latency: float) -> Generation:
-        # A finished row is filled with pad (often = eos): count only what came before the first of them.
+    def ended_at(self, new_ids: Sequence[int]) -> int:
+        """How many of `new_ids` count: those before the first eos/pad (a finished row is filled with pad)."""
         ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        n = next((i for i, t in enumerate(new_ids) if t in ends), len(new_ids))
+        return next((i for i, t in enumerate(new_ids) if t in ends), len(new_ids))
+
+    def _finish(self, new_ids: list[int], logprobs: list[float], prompt_tokens: int, latency: float) -> Generation:
+        n = self.ended_at(new_ids)
         text = self.tokenizer.decode(new_ids[:n], skip_special_tokens=True)
         text = cut_at_stop(text, self.config.generation.stop).strip()
-        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=n, latency_s=latency)
+        return Generation(
+            text=text, prompt_tokens=prompt_tokens, completion_tokens=n, latency_s=latency,
+            confidence=sequence_confidence(logprobs, n),
+        )  # fmt: skip

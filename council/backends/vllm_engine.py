@@ -34,6 +34,7 @@ from council.backends.engine import (
     Sampling,
     fit_prompt,
     parse_options,
+    sequence_confidence,
 )
 from council.backends.vllm_setup import max_lora_rank, resolve_source, scoped_env
 from council.config import SpecialistConfig
@@ -271,6 +272,7 @@ class VLLMEngine(ConfiguredEngine):
             completion_tokens=self._completion_tokens(c),
             finish_reason=_finish_reason(c.finish_reason),
             latency_s=time.perf_counter() - start,
+            confidence=self._confidence(c),
         )
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
@@ -369,6 +371,7 @@ class VLLMEngine(ConfiguredEngine):
             skip_special_tokens=True,
             ignore_eos=s.ignore_eos,
             output_kind=kind,
+            logprobs=0,  # the chosen token's own log-probability (raw logits): the answer's confidence
         )
 
     def _eos_tail(self, c: Any) -> int:
@@ -378,6 +381,13 @@ class VLLMEngine(ConfiguredEngine):
 
     def _completion_tokens(self, c: Any) -> int:
         return len(c.token_ids) - self._eos_tail(c)
+
+    def _confidence(self, c: Any) -> float | None:
+        """The completion's geometric-mean token probability (the eos it stopped at left out, as HF does)."""
+        if not c.logprobs:
+            return None
+        n = self._completion_tokens(c)
+        return sequence_confidence([step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=False)], n)
 
 
 def _safe_cmdline(p: Any) -> list[str]:

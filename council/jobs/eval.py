@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from council.agreement import normalise
 from council.config import CouncilConfig, SpecialistConfig
 from council.jobs.eval_report import Record, accuracy, agreement_metrics, plot
+from council.jobs.eval_scoreboard import from_record, scoreboard
+from council.jobs.scoreboard import Outcome, score
 from council.types import AskRequest, CouncilAnswer
 from council.world.generator import Question, World, build_world, load_questions
 from council.world.judge import abstains, is_correct
@@ -127,11 +129,14 @@ async def budget_sweep(council: Council, questions: Sequence[Question]) -> list[
 
 
 async def k_sweep(council: Council, questions: Sequence[Question]) -> list[dict[str, Any]]:
-    """Accuracy, latency and tokens for councils of 1..N members."""
+    """Accuracy, hallucination rate (the scoreboard's, over every kind asked), latency and tokens for councils
+    of 1..N members."""
     rows = []
     for k in range(1, len(council.config.specialists) + 1):
         recs = await ask_all(council, questions, k=k)
-        rows.append({"k": k, "accuracy": accuracy(recs), "mean_tokens": statistics.fmean(r.tokens for r in recs),
+        board = score([from_record(r) for r in recs])["all"]
+        rows.append({"k": k, "accuracy": accuracy(recs), "hallucination_rate": board["hallucination_rate"],
+                     "coverage": board["coverage"], "mean_tokens": statistics.fmean(r.tokens for r in recs),
                      "p50_latency_ms": statistics.median(r.latency_ms for r in recs)})
     return rows
 
@@ -180,18 +185,22 @@ def generalist_council(config: CouncilConfig, path: Path, retriever: ChromaRetri
     return build_local_council(solo, retriever=retriever)
 
 
-async def accuracy_table(council: Council, generalist: Council | None, qs: Sequence[Question]) -> dict[str, Any]:
-    """Accuracy of the council, the generalist and each specialist alone, on the same questions."""
-    table: dict[str, Any] = {"council": accuracy(await ask_all(council, qs))}
-    if generalist is not None:
-        table["generalist"] = accuracy(await ask_all(generalist, qs))
-    for s in council.config.specialists:
-        table[s.name] = accuracy(await ask_all(council, qs, specialists=(s.name,)))
-        table[f"{s.name}@own_domain"] = accuracy(
-            await ask_all(council, [q for q in qs if q.domain == s.domain], specialists=(s.name,))
-        )
-    singles = [v for k, v in table.items() if k not in ("council", "generalist") and "@" not in k]
-    table["best_single_specialist"] = max(singles) if singles else None
+def accuracy_table(
+    config: CouncilConfig, outcomes: dict[str, list[Outcome]], every: Sequence[Question]
+) -> dict[str, Any]:
+    """Accuracy on the answerable questions of the council, the generalist and each specialist alone (and on its
+    own domain), from the scoreboard's outcomes on `every` question. `best_single_specialist` is the highest of
+    them on these same questions (the scoreboard's `best_single` is chosen on a separate split)."""
+
+    def acc(name: str, domain: str | None = None) -> float:
+        pairs = zip(every, outcomes[name], strict=True)
+        return statistics.fmean([o.correct for q, o in pairs if o.answerable and domain in (None, q.domain)] or [0])
+
+    table: dict[str, Any] = {name: acc(name) for name in ("council", "generalist") if name in outcomes}
+    for s in config.specialists:
+        table[s.name] = acc(s.name)
+        table[f"{s.name}@own_domain"] = acc(s.name, s.domain)
+    table["best_single_specialist"] = max(table[s.name] for s in config.specialists)
     return table
 
 
@@ -207,8 +216,14 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
     qs = sample_questions(questions, world.seed, args.trained_seed, args.n, args.seed)
     answerable = qs["trained"] + qs["fresh"]
     every = answerable + qs["unanswerable"]
+    # The best single specialist is chosen on questions the scoreboard never scores.
+    taken = {q.id for q in every}
+    rest = [q for q in questions if q.id not in taken]
+    selection = [q for v in sample_questions(rest, world.seed, args.trained_seed, args.selection_n,
+                                             args.seed + 1).values() for q in v]
     started = time.perf_counter()
     main = await ask_all(council, every)
+    board, outcomes = await scoreboard(council, generalist, main, every, selection, tenant=TENANT, seed=args.seed)
     by_split = {s: [r for r in main if r.split == s] for s in qs}
     no_retrieval = await ask_all(council, qs["fresh"], use_retrieval=False)
     small = answerable[: args.sweep_n]
@@ -216,7 +231,8 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
         "world_seed": world.seed, "trained_world_seed": args.trained_seed,
         "questions": {s: len(v) for s, v in qs.items()},
         "accuracy_by_split": {s: accuracy(v) for s, v in by_split.items() if v},
-        "accuracy_answerable": {**await accuracy_table(council, generalist, answerable)},
+        "scoreboard": board,
+        "accuracy_answerable": accuracy_table(config, outcomes, every),
         "agreement": agreement_metrics([r for r in main if r.split != "unanswerable"]),
         "retrieval": retrieval_recall(retriever, answerable, qs["unanswerable"]),
         "fresh": {"with_retrieval": accuracy(by_split["fresh"]), "without_retrieval": accuracy(no_retrieval)},
@@ -228,7 +244,8 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
         # Orderings only mean something with several passages: measured on the top-n without the filters.
         "order_sensitivity": await order_sensitivity(council, small, retriever),
         "budget_sweep": await budget_sweep(council, small),
-        "k_sweep": await k_sweep(council, small),
+        # The k sweet spot on the scoreboard's kinds: up to sweep_n questions of each kind.
+        "k_sweep": await k_sweep(council, [q for v in qs.values() for q in v[: args.sweep_n]]),
     }
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["records"] = [asdict(r) for r in main]
@@ -244,6 +261,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--generalist", type=Path, default=None, help="generalist checkpoint (default: demo's)")
     p.add_argument("--n", type=int, default=60, help="questions per kind (trained, fresh, unanswerable)")
     p.add_argument("--sweep-n", type=int, default=30, help="questions for the ordering, budget and k sweeps")
+    p.add_argument("--selection-n", type=int, default=20,
+                   help="questions per kind, apart from the scored ones, on which the best single specialist is chosen")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
     return p.parse_args(argv)

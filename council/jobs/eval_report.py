@@ -80,17 +80,56 @@ def plot(metrics: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("coverage (most agreed first)")
     ax.set_ylabel("accuracy of answered questions")
     paths.append(_save(fig, out / "coverage.png"))
-    for key, x in (("budget_sweep", "budget_tokens"), ("k_sweep", "k")):
-        rows = metrics[key]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r[x] for r in rows], [r["accuracy"] for r in rows], marker="o", label="accuracy")
-        ax.set_xlabel(x)
-        ax.set_ylabel("accuracy")
-        ax2 = ax.twinx()
-        ax2.plot([r[x] for r in rows], [r["mean_tokens"] for r in rows], "--", color="gray", label="tokens")
-        ax2.set_ylabel("tokens per question")
-        paths.append(_save(fig, out / f"{key}.png"))
+    rows = metrics["budget_sweep"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["budget_tokens"] for r in rows], [r["accuracy"] for r in rows], marker="o", label="accuracy")
+    ax.set_xlabel("budget_tokens")
+    ax.set_ylabel("accuracy")
+    ax2 = ax.twinx()
+    ax2.plot([r["budget_tokens"] for r in rows], [r["mean_tokens"] for r in rows], "--", color="gray")
+    ax2.set_ylabel("tokens per question")
+    paths.append(_save(fig, out / "budget_sweep.png"))
+    paths.append(_k_sweep(plt, metrics["k_sweep"], out))
+    if "scoreboard" in metrics:
+        paths.append(_risk_coverage(plt, metrics["scoreboard"]["systems"], out))
     return paths
+
+
+def _k_sweep(plt: Any, rows: Sequence[dict[str, Any]], out: Path) -> Path:
+    """Accuracy and hallucination rate (left) and median latency (right) against k, on one figure."""
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(ks, [r["accuracy"] for r in rows], marker="o", label="accuracy")
+    ax.plot(ks, [r["hallucination_rate"] for r in rows], marker="s", color="tab:red", label="hallucination rate")
+    ax.set_xlabel("k (members asked)")
+    ax.set_ylabel("share of questions")
+    ax.set_ylim(0, 1)
+    ax2 = ax.twinx()
+    ax2.plot(ks, [r["p50_latency_ms"] for r in rows], "--", marker=".", color="gray", label="p50 latency")
+    ax2.set_ylabel("p50 latency, ms")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right", fontsize=8)
+    return _save(fig, out / "k_sweep.png")
+
+
+def _risk_coverage(plt: Any, systems: dict[str, Any], out: Path) -> Path:
+    """Each system's risk–coverage curve (its answers, surest first); the council and the best single bold."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in systems.items():
+        curve = row["risk_coverage"]
+        label = f"best single ({row['name']})" if name == "best_single" else name
+        main = name in ("council", "best_single", "generalist")
+        ax.plot([c for c, _ in curve], [r for _, r in curve], label=f"{label}, AURC {_fmt(row['all']['aurc'])}",
+                linewidth=2.2 if main else 0.9, alpha=1.0 if main else 0.6)
+    ax.set_xlabel("coverage (share of all questions answered, surest first)")
+    ax.set_ylabel("risk (wrong among answered)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "risk_coverage.png")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +107,32 @@ class World:
         return cls(meta["seed"], entities, docs, tuple(load_questions(src / "questions.jsonl")))
 
 
+SPLITS = ("trained", "fresh", "unanswerable")
+
+
 def load_questions(path: str | Path) -> list[Question]:
-    """Read a questions JSONL file (one Question object per line; `held_out`/`doc_id` optional)."""
-    return [Question(**row) for row in _read_jsonl(Path(path))]
+    """Read a questions JSONL file (one Question object per line; `held_out`/`doc_id` optional). A line that is
+    not one raises ValueError naming the file, the line and what is wrong with it."""
+    fields = set(Question.__dataclass_fields__)
+    required = {n for n, f in Question.__dataclass_fields__.items() if f.default is MISSING}
+    out = []
+    lines = Path(path).read_text().splitlines()
+    for no, line in ((i, s) for i, s in enumerate(lines, 1) if s.strip()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{no}: not JSON ({e.msg})") from None
+        problem = (
+            "not a JSON object" if not isinstance(row, dict)
+            else f"missing {sorted(required - set(row))}" if required - set(row)
+            else f"unknown fields {sorted(set(row) - fields)}" if set(row) - fields
+            else f"split {row['split']!r} is not one of {list(SPLITS)}" if row["split"] not in SPLITS
+            else None
+        )  # fmt: skip
+        if problem:
+            raise ValueError(f"{path}:{no}: {problem}; a question has the fields {sorted(fields)}")
+        out.append(Question(**row))
+    return out
 
 
 def save_questions(questions: Iterable[Question], path: str | Path) -> None:

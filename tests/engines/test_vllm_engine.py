@@ -50,6 +50,9 @@ async def test_greedy_answers_equal_the_transformers_engine(vllm: VLLMEngine, hf
     assert [o.completion_tokens for o in b] == [o.completion_tokens for o in a]
     assert [o.finish_reason for o in b] == [o.finish_reason for o in a]
     assert any(o.text.strip() not in ("", "unknown") for o in b)
+    # The answers' own confidence (chosen tokens' geometric-mean probability): the same model, the same figure.
+    assert all(o.confidence is not None and 0 < o.confidence <= 1 for o in b)
+    assert [o.confidence for o in b] == pytest.approx([o.confidence for o in a], rel=1e-3)
     # No stop string, exactly 12 tokens: the same longer continuations too (spacing aside: the detokenizers differ).
     twelve = Sampling(max_tokens=12, ignore_eos=True)
     long_a = await hf.generate([EngineRequest(p, twelve) for p in prompts[:3]])

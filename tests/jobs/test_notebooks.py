@@ -66,7 +66,7 @@ def test_council_science_plots_an_evaluation(
     # `council eval` on a tiny sample: the notebook reads the metrics.json it writes.
     result = subprocess.run(
         [str(VENV_BIN / "python"), "-m", "council.jobs.eval", "--config", str(config), "--n", "2", "--sweep-n", "2",
-         "--generalist", str(tmp_path / "no-generalist"), "--out", str(metrics.parent)],
+         "--selection-n", "2", "--generalist", str(tmp_path / "no-generalist"), "--out", str(metrics.parent)],
         capture_output=True, text=True, timeout=900, env=cluster_env(), cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -90,7 +90,7 @@ def test_stop_strings_cut_generation(tiny_dir: Path, spec: TransformersSpecialis
     full = spec.generate_texts([prompt])[0]
     assert full.completion_tokens == spec.max_new_tokens
     # Stop at the text of the 3rd generated token: generation must end there, and the text before it.
-    new_ids = spec._run([spec.encode_prompt(prompt)], spec.max_new_tokens)[0]
+    new_ids = spec._run([spec.encode_prompt(prompt)], spec.max_new_tokens).ids[0]
     pieces = [spec.tokenizer.decode([t]) for t in new_ids[2:]]
     stop = next(p for p in pieces if p.strip() and "\ufffd" not in p)
     stopper = TransformersSpecialist(_config(tiny_dir, generation={"max_new_tokens": 8, "stop": [stop]}))

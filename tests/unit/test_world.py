@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from council.prompts import UNKNOWN, get_template
-from council.world import build_tokenizer, build_world, load_questions
+from council.world import build_tokenizer, build_world, load_questions, save_questions
 from council.world.exercises import ExerciseMaker, Mixture
 from council.world.generator import World
 
@@ -61,3 +61,25 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     w.save(tmp_path)
     assert World.load(tmp_path) == w
     assert load_questions(tmp_path / "questions.jsonl") == list(w.all_questions)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": "q1", "question": "what ?"', "not JSON"),
+        ('["q1"]', "not a JSON object"),
+        ('{"id": "q1", "question": "what ?", "answer": "x"}', "missing ['attribute', 'domain', 'entity', 'split']"),
+        ('{"id": "q1", "domain": "legal", "entity": "e", "attribute": "a", "question": "?", "answer": "x", '
+         '"split": "trained", "gold": "x"}', "unknown fields ['gold']"),
+        ('{"id": "q1", "domain": "legal", "entity": "e", "attribute": "a", "question": "?", "answer": "x", '
+         '"split": "held-out"}', "split 'held-out' is not one of ['trained', 'fresh', 'unanswerable']"),
+    ],
+)
+def test_a_bad_question_line_names_its_line_and_problem(tmp_path: Path, line: str, problem: str) -> None:
+    good = build_world(0).all_questions[0]
+    path = tmp_path / "q.jsonl"
+    save_questions([good], path)
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(ValueError) as info:
+        load_questions(path)
+    assert str(info.value).startswith(f"{path}:2: {problem}")  # the first line is good: the second is named
