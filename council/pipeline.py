@@ -354,6 +354,7 @@ class Council:
             ordering_answers=tuple(texts) if len(texts) > 1 else (),
             consistency=consistency if len(texts) > 1 else None,
             finish_reason=gens[winner].finish_reason,
+            confidence=gens[winner].confidence,
         )
 
     @staticmethod

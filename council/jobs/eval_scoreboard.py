@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 from council.agreement import normalise
 from council.jobs.eval_report import Record, auroc
 from council.jobs.scoreboard import Outcome, best_single, bootstrap, risk_coverage, score
-from council.types import AskRequest, CouncilAnswer, Generation, MemberAnswer
+from council.types import AskRequest, CouncilAnswer, MemberAnswer
 from council.world.generator import Question
 from council.world.judge import abstains
 
 if TYPE_CHECKING:
     from council.pipeline import Council
-    from council.protocols import Specialist
 
 # The figures that get a bootstrap interval, over all kinds.
 HEADLINE = ("accuracy", "hallucination_rate", "coverage", "selective_accuracy", "aurc")
@@ -37,53 +36,19 @@ def from_record(r: Record) -> Outcome:
     return outcome(r.split, r.gold, r.abstained, r.answer, r.agreement)
 
 
-class Recorded:
-    """A member that remembers the `Generation`s it returned, so the eval can read each one's confidence.
-
-    The pipeline builds `MemberAnswer` without `Generation.confidence` (pipeline.py is another change's; once it
-    copies it, `member_confidence` reads it from the answer and this wrapper is not needed)."""
-
-    def __init__(self, inner: Specialist) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.generations: list[Generation] = []
-
-    def __getattr__(self, attr: str) -> Any:  # the rest of the member (its token counting) as it is
-        return getattr(self.inner, attr)
-
-    async def generate(self, question: str, passages: Sequence[str], *rest: Any) -> Generation:
-        g = await self.inner.generate(question, passages, *rest)
-        self.generations.append(g)
-        return g
+def member_confidence(member: MemberAnswer) -> float:
+    """A member's confidence in its answer, as its engine reported it (0.0 when it gives none: it then ranks
+    last)."""
+    return member.confidence if member.confidence is not None else 0.0
 
 
-def record_members(council: Council) -> dict[str, Recorded]:
-    """Wrap every member of `council` in `Recorded` (in place); returns the wrappers by name."""
-    wrapped = {name: Recorded(spec) for name, spec in council.specialists.items()}
-    council.specialists.update(wrapped)
-    return wrapped
-
-
-def member_confidence(member: MemberAnswer, recorded: Recorded | None) -> float:
-    """A member's confidence in its answer: the answer's own field, else the recorded generation of that text
-    (0.0 when none is known: it then ranks last)."""
-    if member.confidence is not None:
-        return member.confidence
-    gens = [g for g in recorded.generations if g.text.strip() == (member.answer or "")] if recorded else []
-    return next((g.confidence for g in gens if g.confidence is not None), 0.0)
-
-
-async def ask_alone(
-    council: Council, name: str, questions: Sequence[Question], recorded: Recorded | None, tenant: str
-) -> list[Outcome]:
+async def ask_alone(council: Council, name: str, questions: Sequence[Question], tenant: str) -> list[Outcome]:
     """Every question asked of member `name` alone (same retrieval and prompt), scored with its own confidence."""
     out = []
     for q in questions:
-        if recorded is not None:
-            recorded.generations.clear()
         ans: CouncilAnswer = await council.ask(AskRequest(question=q.question, tenant=tenant, specialists=(name,)))
         [member] = [m for m in ans.members if m.name == name]
-        out.append(outcome(q.split, q.answer, abstains(ans), ans.answer or "", member_confidence(member, recorded)))
+        out.append(outcome(q.split, q.answer, abstains(ans), ans.answer or "", member_confidence(member)))
     return out
 
 
@@ -164,16 +129,15 @@ async def scoreboard(
 ) -> tuple[dict[str, Any], dict[str, list[Outcome]]]:
     """Ask every specialist alone (the scored and the selection questions) and the generalist (scored ones) and
     assemble the scoreboard with the council's own records; returns it and every system's scored outcomes."""
-    recorded = record_members(council)
     names = [s.name for s in council.config.specialists]
     outcomes: dict[str, list[Outcome]] = {"council": [from_record(r) for r in council_records]}
     picks: dict[str, list[Outcome]] = {}
     for name in names:
-        outcomes[name] = await ask_alone(council, name, scored, recorded[name], tenant)
-        picks[name] = await ask_alone(council, name, selection, recorded[name], tenant)
+        outcomes[name] = await ask_alone(council, name, scored, tenant)
+        picks[name] = await ask_alone(council, name, selection, tenant)
     if generalist is not None:
-        [(gen_name, gen_member)] = record_members(generalist).items()
-        outcomes["generalist"] = await ask_alone(generalist, gen_name, scored, gen_member, tenant)
+        [gen_name] = generalist.specialists
+        outcomes["generalist"] = await ask_alone(generalist, gen_name, scored, tenant)
     board = assemble(outcomes, picks, names, seed=seed)
     board["questions"] = {
         "scored": _count(scored), "selection": _count(selection), "selection_ids": [q.id for q in selection],

@@ -94,3 +94,21 @@ def test_member_answer_carries_confidence_through_its_dict() -> None:
     answer = MemberAnswer("legal-1", 0.8, answer="suspension", confidence=0.97)
     assert MemberAnswer.from_dict(asdict(answer)) == answer
     assert MemberAnswer.from_dict({"name": "x", "route_score": 0.1}).confidence is None
+
+
+def test_the_council_answer_carries_each_members_confidence(tiny: TransformersSpecialist) -> None:
+    """The pipeline copies the winning generation's confidence into the member's answer (what the eval reads)."""
+    from council.local import build_local_council
+    from council.types import AskRequest
+
+    config = CouncilConfig.from_dict({
+        "specialists": [tiny_specialist_config(Path(tiny.config.model), generation={"max_new_tokens": 6, "stop": []})
+                        .model_dump(mode="json")],
+        "router": {"k": 1},
+    })  # fmt: skip
+    council = build_local_council(config, specialists={tiny.name: tiny}, with_retrieval=False)
+    answer = asyncio.run(council.ask(AskRequest(question=PROMPTS[0], use_retrieval=False)))
+    [member] = answer.members
+    [direct] = tiny.generate_batch([(PROMPTS[0], [])])
+    assert member.answer == direct.text and direct.confidence is not None
+    assert member.confidence == pytest.approx(direct.confidence, rel=1e-6)
