@@ -17,6 +17,7 @@ The real-model rows (target 5) are `bench/overhead.py` and `bench/engines.py`; `
 
 import argparse
 import asyncio
+import functools
 import itertools
 import os
 import statistics
@@ -43,6 +44,11 @@ from overhead_cells import (  # noqa: E402  (beside this script)
 from ray import serve  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "council" / "demo"
+# The defaults' alternatives, each its own app beside the default council: label -> its `aggregator` section.
+VARIANTS = {
+    "AggregatorServer deployment": {"placement": "deployment"},
+    "answers embedded by the ingress": {"answers_embedded_by": "ingress"},
+}
 
 
 def simulated_config(args: argparse.Namespace, store: Path, names: Sequence[str], slow: str | None) -> dict[str, Any]:
@@ -98,10 +104,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     names = [f"m{i}" for i in range(args.k)]
     config = simulated_config(args, work / "chroma", names, None)
     early = simulated_config(args, work / "chroma-early", ["fast0", "fast1", "slow"], "slow")
-    # The same council with trimming and agreement on their own deployment (the default until this benchmark
-    # measured the ingress placement at 1.33-1.43x its throughput): side by side, so the choice stays measured.
-    local = simulated_config(args, work / "chroma-local", names, None)
-    local["aggregator"] = {"placement": "deployment"}
+    # The same council with one choice made the other way, side by side, so each default stays measured: trimming
+    # and agreement on their own deployment (the default until this benchmark measured the ingress placement at
+    # 1.33-1.43x its throughput), and answers embedded by the ingress instead of each member's replica.
+    variants = {}
+    for i, (label, aggregator) in enumerate(VARIANTS.items()):
+        variants[label] = simulated_config(args, work / f"chroma-v{i}", names, None)
+        variants[label]["aggregator"] = aggregator
     member = {"max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.1}}
     noop_members = [serve.deployment(NoopMember, name=f"noop{i}", **member).bind() for i in range(args.k)]  # type: ignore
     noop = serve.deployment(NoopIngress, name="NoopIngress", max_ongoing_requests=400,  # type: ignore[arg-type]
@@ -111,14 +120,16 @@ def run(args: argparse.Namespace, work: Path) -> int:
         serve.RunTarget(build_app({"config_dict": config}), name="council", route_prefix="/"),
         serve.RunTarget(noop, name="noop", route_prefix="/noop"),
         serve.RunTarget(build_app({"config_dict": early}), name="early", route_prefix="/early"),
-        serve.RunTarget(build_app({"config_dict": local}), name="local", route_prefix="/local"),
+        *(serve.RunTarget(build_app({"config_dict": v}), name=f"variant{i}", route_prefix=f"/variant{i}")
+          for i, v in enumerate(variants.values())),
     ])  # fmt: skip
     print(f"deployed the simulated council, the no-op floor and the straggler council in "
           f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
 
     url = f"http://127.0.0.1:{args.port}"
     http, handle, early_client = Client(url), Client.connect("council"), Client.connect("early")
-    local_http, local_handle = Client(f"{url}/local"), Client.connect("local")
+    variant_http = {label: Client(f"{url}/variant{i}") for i, label in enumerate(variants)}
+    variant_handle = {label: Client.connect(f"variant{i}") for i, label in enumerate(variants)}
     noop_http, noop_handle = httpx.Client(timeout=60), serve.get_app_handle("noop")
     opts = ask_options(config)
     specs = CouncilConfig.model_validate(config).specialists
@@ -137,12 +148,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     lat: dict[str, list[float]] = {}
     lat["council, HTTP"] = sample(lambda q: http.ask(q, **opts), qs[:n], args.warmup)
     lat["council, handle"] = sample(lambda q: handle.ask(q, **opts), qs[n : 2 * n], args.warmup)
-    lat["council, AggregatorServer deployment, HTTP"] = sample(
-        lambda q: local_http.ask(q, **opts), qs[4 * n : 5 * n], args.warmup
-    )
-    lat["council, AggregatorServer deployment, handle"] = sample(
-        lambda q: local_handle.ask(q, **opts), qs[5 * n : 6 * n], args.warmup
-    )
+    for i, label in enumerate(variants):
+        lat[f"council, {label}, HTTP"] = sample(
+            lambda q, c=variant_http[label]: c.ask(q, **opts), qs[(4 + 2 * i) * n : (5 + 2 * i) * n], args.warmup
+        )
+        lat[f"council, {label}, handle"] = sample(
+            lambda q, c=variant_handle[label]: c.ask(q, **opts), qs[(5 + 2 * i) * n : (6 + 2 * i) * n], args.warmup
+        )
     lat["no-op floor, HTTP"] = sample(
         lambda q: noop_http.post(f"{url}/noop/v1/council", json={"question": q}).raise_for_status(), qs[:n], args.warmup
     )
@@ -166,15 +178,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
     serve.delete("early")  # idle replicas still cost CPU (health checks, metrics): the load cells need none
     print("latency rows done", flush=True)
 
-    fresh = itertools.cycle(qs[6 * n :])
+    fresh = itertools.cycle(qs[(4 + 2 * len(variants)) * n :])
     thr: dict[tuple[str, int], float] = {}
     cpu: dict[tuple[str, int], dict[str, float]] = {}
 
     async def council(q: str) -> Any:
         return await handle.aask(q, **opts)
-
-    async def council_local(q: str) -> Any:
-        return await local_handle.aask(q, **opts)
 
     async def floor(q: str) -> Any:
         return await noop_handle.ask.remote({"question": q})
@@ -182,7 +191,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     for c in args.clients:
         cells = (
             ("council", council, "council"),
-            ("council, AggregatorServer deployment", council_local, "local"),
+            *((f"council, {label}", functools.partial(variant_handle[label].aask, **opts), f"variant{i}")
+              for i, label in enumerate(variants)),
             ("members directly", members_directly, "noop"),
             ("no-op floor", floor, "noop"),
         )
@@ -250,14 +260,15 @@ def report(
     for c in args.clients:
         r = per_q[("council", c)] / per_q[("no-op floor", c)]
         print(f"| 3. CPU per question, council / no-op floor, {c} clients | {r:.2f}× | ≤ 2× | {verdict(r <= 2)} |")
-    for transport in ("HTTP", "handle"):
-        r = med[f"council, AggregatorServer deployment, {transport}"] / med[f"council, {transport}"]
-        print(f"| (the cut) aggregator in the ingress / on its own deployment, p50 by {transport} | {1 / r:.2f}× | | |")
-    for c in args.clients:
-        r = thr[("council", c)] / thr[("council, AggregatorServer deployment", c)]
-        q = per_q[("council", c)] / per_q[("council, AggregatorServer deployment", c)]
-        print(f"| (the cut) aggregator in the ingress / on its own deployment, {c} clients: throughput | {r:.2f}× "
-              f"(CPU per question {q:.2f}×) | | |")  # fmt: skip
+    for label in VARIANTS:
+        for transport in ("HTTP", "handle"):
+            r = med[f"council, {transport}"] / med[f"council, {label}, {transport}"]
+            print(f"| (default vs {label}) p50 by {transport}, default / {label} | {r:.2f}× | | |")
+        for c in args.clients:
+            r = thr[("council", c)] / thr[(f"council, {label}", c)]
+            q = per_q[("council", c)] / per_q[(f"council, {label}", c)]
+            print(f"| (default vs {label}) {c} clients: throughput, default / {label} | {r:.2f}× "
+                  f"(CPU per question {q:.2f}×) | | |")  # fmt: skip
     straggler = med[f"straggler council ({args.straggler:g}x slower member), early exit on"]
     r = straggler / med["the 2 fast members directly"]
     print(f"| 4. early exit, one member {args.straggler:g}× slower: p50 / the fast members' p50 (slow member "
