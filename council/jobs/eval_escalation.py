@@ -106,7 +106,7 @@ async def escalation_table(
     }
 
 
-def _settings(text: str) -> EscalationConfig:
+def parse_settings(text: str) -> EscalationConfig:
     """FIRST[:MIN_AGREEMENT[:STEP]] (an empty field: its default)."""
     first, agreement, step = (text.split(":") + ["", ""])[:3]
     given = {"first": first, "min_agreement": agreement, "step": step}
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=40, help="questions per kind (trained, fresh, unanswerable)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
-        "--settings", type=_settings, nargs="+", default=[_settings("1"), _settings("2:1.0")],
+        "--settings", type=parse_settings, nargs="+", default=[parse_settings("1"), parse_settings("2:1.0")],
         help="escalation settings as FIRST[:MIN_AGREEMENT[:STEP]], e.g. 1 2:0.6 1::1",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this JSON file")

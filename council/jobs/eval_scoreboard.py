@@ -142,8 +142,6 @@ async def scoreboard(
     board["questions"] = {
         "scored": _count(scored), "selection": _count(selection), "selection_ids": [q.id for q in selection],
     }  # fmt: skip
-    # Hook for the escalation table (issue 19, `router.escalation`), on the same scored questions:
-    #   board["escalation"] = await council.jobs.eval_escalation.escalation_table(council, scored, escalation=...)
     return board, outcomes
 
 

@@ -104,6 +104,13 @@ def test_demo_eval_scores_an_external_question_file_on_the_scoreboard(tmp_path: 
     matched = board["best_single_at_council_coverage"]
     assert matched["coverage"] >= board["systems"]["council"]["all"]["coverage"] - 1e-9 or matched["coverage"] == (
         board["systems"]["best_single"]["all"]["coverage"])
+    # Fixed k vs escalation (the default 1::1) on the same 9 scored questions: fixed k asks all 3 every time.
+    esc = board["escalation"]
+    assert esc["questions"] == 9 and esc["settings"]["first"] == 1 and esc["settings"]["step"] == 1
+    assert esc["fixed_k"]["member_calls_mean"] == 3.0
+    assert 1.0 <= esc["escalation"]["member_calls_mean"] <= 3.0
+    assert esc["call_reduction"] == 1 - esc["escalation"]["member_calls_mean"] / 3.0
+    assert set(esc["escalation"]["scoreboard"]["all"]) == SCORE_FIELDS
     # The k sweep asks every kind, so its hallucination rate counts answers to unanswerable questions too.
     assert [r["k"] for r in m["k_sweep"]] == [1, 2, 3, 4, 5, 6]
     assert all(0 <= r["hallucination_rate"] <= 1 - r["accuracy"] for r in m["k_sweep"])
