@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
-import random
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from council.agreement import normalise
 from council.config import CouncilConfig, SpecialistConfig
 from council.jobs.eval_escalation import escalation_table, parse_settings
 from council.jobs.eval_report import Record, accuracy, agreement_metrics, plot
+from council.jobs.eval_sample import DEMO_DIR, TENANT, open_store, sample_questions
 from council.jobs.eval_scoreboard import from_record, scoreboard
 from council.jobs.scoreboard import Outcome, score
 from council.types import AskRequest, CouncilAnswer
@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 BUDGETS = (64, 128, 256, 512, 1024)
-TENANT = "public"
 
 
 def to_record(q: Question, ans: CouncilAnswer) -> Record:
@@ -140,35 +138,6 @@ async def k_sweep(council: Council, questions: Sequence[Question]) -> list[dict[
                      "coverage": board["coverage"], "mean_tokens": statistics.fmean(r.tokens for r in recs),
                      "p50_latency_ms": statistics.median(r.latency_ms for r in recs)})
     return rows
-
-
-def sample_questions(questions: Sequence[Question], world_seed: int, trained_seed: int, n: int, seed: int) -> dict:
-    """Up to `n` questions per kind. On the training world, trained facts are asked in held-out phrasings only;
-    on any other world every fact is new to the models, so its trained split counts as fresh."""
-    rng = random.Random(seed)
-    same = world_seed == trained_seed
-
-    def pick(split: str, held: bool | None = None) -> list[Question]:
-        pool = [q for q in questions if q.split == split and (held is None or q.held_out == held)]
-        return rng.sample(pool, min(n, len(pool)))
-
-    if same:
-        return {"trained": pick("trained", True), "fresh": pick("fresh"), "unanswerable": pick("unanswerable")}
-    fresh = [replace(q, split="fresh") for q in pick("trained") + pick("fresh")]
-    return {"trained": [], "fresh": rng.sample(fresh, min(n, len(fresh))), "unanswerable": pick("unanswerable")}
-
-
-def open_store(config: CouncilConfig, world: World, folder: Path) -> tuple[CouncilConfig, ChromaRetriever]:
-    """A fresh embedded Chroma in `folder` holding the world's corpus (source = document id)."""
-    from council.backends.chroma import ChromaRetriever
-
-    retrieval = config.retrieval.model_copy(update={"path": str(folder), "host": None})
-    config = config.model_copy(update={"retrieval": retrieval})
-    retriever = ChromaRetriever(retrieval)
-    for domain in sorted({d.domain for d in world.documents}):
-        docs = [(d.id, d.text) for d in world.documents if d.domain == domain]
-        retriever.ingest_texts(docs, tenant=TENANT, domain=domain)
-    return config, retriever
 
 
 def generalist_council(config: CouncilConfig, path: Path, retriever: ChromaRetriever) -> Council:

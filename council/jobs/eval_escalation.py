@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig, EscalationConfig
 from council.errors import QuestionTooLong
+from council.jobs.eval_sample import DEMO_DIR, open_store, sample_questions
 from council.jobs.scoreboard import Outcome, score
 from council.types import AskRequest, CouncilAnswer
 from council.world.generator import Question
@@ -114,7 +115,6 @@ def parse_settings(text: str) -> EscalationConfig:
 
 
 async def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from council.jobs.eval import DEMO_DIR, open_store, sample_questions
     from council.local import build_local_council
     from council.world.generator import build_world
 

@@ -13,8 +13,8 @@ import pytest
 
 from council.agreement import is_unknown, normalise
 from council.config import CouncilConfig, EscalationConfig
-from council.jobs.eval import DEMO_DIR, TENANT, open_store, sample_questions
 from council.jobs.eval_escalation import escalating, escalation_table
+from council.jobs.eval_sample import DEMO_DIR, TENANT, open_store, sample_questions
 from council.local import build_local_council
 from council.pipeline import Council
 from council.types import AskRequest, CouncilAnswer, MemberAnswer
