@@ -118,6 +118,12 @@ def route_weight(score: float) -> float:
     return (min(1.0, max(-1.0, s)) + 1.0) / 2.0
 
 
+def share_weight(score: float) -> float:
+    """`route_weight` kept above zero, for a share of every chosen member's weight (early exit, escalation): a
+    member routed at -1 still counts, so the members not heard from yet can never weigh nothing."""
+    return max(route_weight(score), 1e-6)
+
+
 def _weights(weights: Sequence[float]) -> list[float]:
     # Router scores are cosines and may be <= 0; a member that answered still gets a tiny say,
     # and if every score is <= 0 they all get the same epsilon, i.e. equal weights.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from council.agreement import Verdict, is_unknown, route_weight
+from council.agreement import Verdict, is_unknown, share_weight
 from council.config import EscalationConfig
 from council.types import MemberAnswer
 
@@ -62,10 +62,6 @@ def widen(first: Sequence[MemberAnswer], verdict: Verdict | None, *, min_agreeme
     return None
 
 
-def _weight(score: float) -> float:
-    return max(route_weight(score), 1e-6)
-
-
 def decided(
     asked: Sequence[MemberAnswer], verdict: Verdict, unasked: Sequence[float], *, agreement_threshold: float,
     quorum: int,
@@ -76,11 +72,11 @@ def decided(
     answered = [m for m in asked if m.ok]
     if len(answered) < quorum or verdict.winner is None:
         return False
-    weight = [_weight(m.route_score) for m in answered]
+    weight = [share_weight(m.route_score) for m in answered]
     masses = [sum(weight[i] for i in c) for c in verdict.clusters]
     win = next(j for j, c in enumerate(verdict.clusters) if verdict.winner in c)
     runner_up = max((mass for j, mass in enumerate(masses) if j != win), default=0.0)
-    rest = sum(_weight(s) for s in unasked)
+    rest = sum(share_weight(s) for s in unasked)
     if masses[win] <= runner_up + rest + _TOL:  # the unasked could tie or overturn it
         return False
     share = masses[win] / (sum(weight) + rest)

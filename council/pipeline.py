@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from council import routing
-from council.agreement import Verdict, route_weight
+from council.agreement import Verdict, share_weight
 from council.answer_vectors import AnswerVectors
 from council.batching import embed_async
 from council.config import CouncilConfig
@@ -386,7 +386,7 @@ class Council:
         verdict = await self._vote(answered, vectors)
         if verdict.abstained or verdict.winner is None:
             return False
-        weights = {n: max(route_weight(scores[n]), 1e-6) for n in chosen}
+        weights = {n: share_weight(scores[n]) for n in chosen}
         winners = next(c for c in verdict.clusters if verdict.winner in c)
         share = sum(weights[answered[i].name] for i in winners) / sum(weights.values())
         # Share of ALL chosen members' weight: stragglers cannot overturn it.

@@ -1,7 +1,7 @@
 """Fixed k against confidence escalation on the same questions (issue 19): member calls, latency, the scoreboard.
 
 `python -m council.jobs.eval_escalation` runs it on the demo council (world 0, the eval's question sample) for a
-few escalation settings and prints the table as JSON.
+few escalation settings and logs the table as JSON (`--out` also writes it to a file).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import tempfile
 from collections import Counter
@@ -19,30 +20,24 @@ from typing import TYPE_CHECKING, Any
 
 from council.config import CouncilConfig, EscalationConfig
 from council.errors import QuestionTooLong
-from council.jobs.eval_sample import DEMO_DIR, open_store, sample_questions
-from council.jobs.scoreboard import Outcome, score
+from council.jobs.eval_sample import DEMO_DIR, TENANT, open_store, sample_questions
+from council.jobs.eval_scoreboard import outcome
+from council.jobs.scoreboard import score
 from council.types import AskRequest, CouncilAnswer
 from council.world.generator import Question
-from council.world.judge import abstains, is_correct
+from council.world.judge import abstains
 
 if TYPE_CHECKING:
     from council.pipeline import Council
 
-__all__ = ["escalation_table", "main", "outcome"]
+log = logging.getLogger(__name__)
 
-TENANT = "public"
+__all__ = ["escalation_table", "main", "parse_settings"]
+
 # The issue's goal: at least this share of member calls saved, at no worse hallucination rate, and accuracy
 # within this many points (as a share) of fixed k.
 GOAL_CALL_REDUCTION = 0.40
 GOAL_ACCURACY_POINTS = 0.02
-
-
-def outcome(q: Question, ans: CouncilAnswer) -> Outcome:
-    """The council's answer to `q` as a scoreboard outcome; its confidence is its agreement."""
-    return Outcome(
-        kind=q.split, answerable=q.split != "unanswerable", gold=q.answer, answered=not abstains(ans),
-        right=is_correct(q, ans), confidence=ans.agreement,
-    )  # fmt: skip
 
 
 def member_calls(ans: CouncilAnswer) -> int:
@@ -68,7 +63,8 @@ async def _run(council: Council, questions: Sequence[Question], *, escalation: b
     outcomes, calls, latencies, how = [], [], [], Counter[str]()
     for q in questions:
         ans = await council.ask(AskRequest(question=q.question, tenant=TENANT, escalation=escalation))
-        outcomes.append(outcome(q, ans))
+        # Its confidence is its agreement, as on the scoreboard.
+        outcomes.append(outcome(q.split, q.answer, abstains(ans), ans.answer or "", ans.agreement))
         calls.append(member_calls(ans))
         latencies.append(float(ans.timings.get("total", 0.0)))
         how[ans.escalation or "off"] += 1
@@ -141,11 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this JSON file")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tables = asyncio.run(_demo(args))
     text = json.dumps(tables, indent=1)
     if args.out is not None:
         args.out.write_text(text)
-    print(text)
+    log.info("fixed k vs escalation%s:\n%s", f" (also in {args.out})" if args.out else "", text)
     return 0
 
 

@@ -86,8 +86,7 @@ def test_a_trained_specialist_is_surer_of_its_fact_than_a_random_model(tiny: Tra
     [trained] = legal.generate_batch([(q.question, [passages[q.doc_id or ""]])])
     [random_model] = tiny.generate_batch([(q.question, [passages[q.doc_id or ""]])])
     assert trained.text == q.answer
-    assert trained.confidence is not None and random_model.confidence is not None
-    assert trained.confidence > 0.9 > random_model.confidence
+    assert trained.confidence > 0.9 > random_model.confidence  # a None confidence fails the comparison too
 
 
 def test_member_answer_carries_confidence_through_its_dict() -> None:
@@ -110,5 +109,6 @@ def test_the_council_answer_carries_each_members_confidence(tiny: TransformersSp
     answer = asyncio.run(council.ask(AskRequest(question=PROMPTS[0], use_retrieval=False)))
     [member] = answer.members
     [direct] = tiny.generate_batch([(PROMPTS[0], [])])
-    assert member.answer == direct.text and direct.confidence is not None
+    assert member.answer == direct.text
+    assert 0 < direct.confidence <= 1  # not None: approx(None) would match a None
     assert member.confidence == pytest.approx(direct.confidence, rel=1e-6)
