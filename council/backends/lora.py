@@ -69,14 +69,19 @@ def mismatch(base: str, adapter: str) -> str | None:
     modules = _base_modules(base)
     trained_on = adapter_config(adapter).get("base_model_name_or_path")
     for key, shape in sorted(shapes.items()):
-        for part, dim in ((".lora_A.", 1), (".lora_B.", 0)):
+        # A linear layer's lora_A is (r, in), lora_B (out, r); an embedding's lora_embedding_A (r, vocab) and
+        # lora_embedding_B (width, r).
+        for part, dim in ((".lora_A.", 1), (".lora_B.", 0), (".lora_embedding_A", 1), (".lora_embedding_B", 0)):
             if part not in key:
                 continue
             name = key.split(part)[0].removeprefix(_PREFIX)
             module = modules.get(name)
             if module is None:
                 return f"it adapts {name!r}, which the base has not (made for {trained_on!r}?)"
-            want = module.in_features if dim == 1 else module.out_features
+            if "embedding" in part:
+                want = module.num_embeddings if dim == 1 else module.embedding_dim
+            else:
+                want = module.in_features if dim == 1 else module.out_features
             if shape[dim] != want:
                 side = "input" if dim == 1 else "output"
                 return (
@@ -84,6 +89,23 @@ def mismatch(base: str, adapter: str) -> str | None:
                     f"({trained_on!r})"
                 )
     return None
+
+
+def merge(peft_model: Any) -> Any:
+    """A PeftModel's LoRA folded into its base's weights (`merge_and_unload`), answering as the unmerged adapter does.
+
+    An embedding LoRA adapts the input side only (in PEFT unmerged, and in vLLM); merged into embeddings the output
+    layer shares (tied), it would shift the output side too. So tied output embeddings get their own copy first.
+    """
+    import torch
+
+    base = peft_model.get_base_model()
+    embeddings, head = base.get_input_embeddings(), base.get_output_embeddings()
+    shared = getattr(embeddings, "base_layer", embeddings).weight
+    if head is not None and head.weight is shared:
+        head.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=False)
+        base.config.tie_word_embeddings = False
+    return peft_model.merge_and_unload()
 
 
 def adapter_problems(spec: SpecialistConfig) -> list[tuple[str, str]]:

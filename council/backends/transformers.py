@@ -66,7 +66,9 @@ def load_causal_lm(config: SpecialistConfig, device: str, dtype: Any) -> Any:
         with loading("adapter", config.adapter):
             model = PeftModel.from_pretrained(model, config.adapter)
         if hasattr(model, "merge_and_unload"):  # LoRA-style adapters fold into the weights: faster decoding
-            model = model.merge_and_unload()
+            from council.backends.lora import merge
+
+            model = merge(model)
     return model.to(device).eval()
 
 

@@ -15,6 +15,11 @@ from typing import Any
 # name to it and keep reading passages, so both are adapted (TRAINING.md, "Specialists as adapters").
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+# The input embeddings too: the shared phase never has to tell one entity's name from another's (it copies names
+# from passages), so their embeddings come out nearly alike (cosine 0.97) and no projection can key a fact on
+# them; a full branch retrains them, a LoRA of the projections alone learnt finance's facts not at all. Only the
+# input side is adapted (the tied output embeddings stay the base's, as vLLM applies an embedding LoRA).
+EMBEDDING = ("embed_tokens",)
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,7 @@ class LoraPlan:
     rank: int = 32
     alpha: int = 64
     dropout: float = 0.0  # memorising facts: dropout only slows it down
-    target_modules: tuple[str, ...] = ATTENTION + MLP
+    target_modules: tuple[str, ...] = EMBEDDING + ATTENTION + MLP
     # A low-rank update moves the weights less per step than full fine-tuning at the same rate: the full
     # branches' 1e-3 is raised (LoRA's usual practice).
     lr: float = 3e-3
@@ -53,7 +58,7 @@ def attach(model: Any, lora: LoraPlan) -> Any:
     missing = [t for t in lora.target_modules if t not in present]
     if missing:
         raise ValueError(f"lora target_modules {missing} are not modules of this model (it has e.g. "
-                         f"{sorted(present & set(ATTENTION + MLP)) or sorted(present)[:8]})")
+                         f"{sorted(present & set(EMBEDDING + ATTENTION + MLP)) or sorted(present)[:8]})")
     cfg = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
         bias="none", task_type="CAUSAL_LM",
@@ -76,7 +81,8 @@ def save_adapter(peft_model: Any, out: Path, base_dir: Path, meta: dict) -> Path
     out.mkdir(parents=True, exist_ok=True)
     half = copy.deepcopy(peft_model).half()
     half.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
-    half.save_pretrained(out)
+    # An embedding LoRA's own A and B only: PEFT would also save the base's whole embedding matrix.
+    half.save_pretrained(out, save_embedding_layers=False)
     config_path = out / "adapter_config.json"  # relative once saved: PEFT reads the base's config while saving
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = os.path.relpath(base_dir, out)
@@ -91,10 +97,11 @@ def load_merged(base_dir: str | Path, adapter_dir: str | Path) -> Any:
     """The base (fp32) with the adapter merged into its weights: a plain transformers model."""
     from peft import PeftModel
 
+    from council.backends.lora import merge
     from council.jobs.lm import load_checkpoint
 
     base, _ = load_checkpoint(base_dir)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
+    return merge(PeftModel.from_pretrained(base, str(adapter_dir))).eval()
 
 
 def lora_params(peft_model: Any) -> int:

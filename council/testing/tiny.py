@@ -101,12 +101,14 @@ def tiny_specialist_config(path: Path | str, name: str = "tiny", **overrides: An
 
 
 def build_lora_adapter(
-    base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5, teach: tuple[str, str] | None = None
+    base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5, teach: tuple[str, str] | None = None,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> str:
-    """A rank-8 PEFT LoRA on q_proj/v_proj of a Llama `base`, saved to `folder` with `save_pretrained`
-    (adapter_config.json, adapter_model.safetensors). Its B matrices are random (not zero), so it changes the base's
-    answers; with `teach` = (prompt, answer) it is then trained a few steps to continue that prompt with that
-    answer (random adapters of a tiny model tend to collapse onto the same few words)."""
+    """A rank-8 PEFT LoRA on `targets` of a Llama `base` (q_proj/v_proj; add embed_tokens for an embedding LoRA, as
+    the demo's adapters have), saved to `folder` with `save_pretrained` (adapter_config.json,
+    adapter_model.safetensors). Its B matrices are random (not zero), so it changes the base's answers; with
+    `teach` = (prompt, answer) it is then trained a few steps to continue that prompt with that answer (random
+    adapters of a tiny model tend to collapse onto the same few words)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -114,11 +116,11 @@ def build_lora_adapter(
     torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        LoraConfig(r=8, lora_alpha=16, target_modules=list(targets), lora_dropout=0.0),
     )
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_embedding_B" in name:
                 p.normal_(0, scale)
     if teach is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -133,7 +135,7 @@ def build_lora_adapter(
             model(input_ids=ids, labels=labels).loss.backward()
             optimiser.step()
         model.eval()
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder), save_embedding_layers=False)  # the LoRA alone, not the base's embeddings
     return str(folder)
 
 

@@ -35,8 +35,10 @@ def shared(
     base = shutil.copytree(legal.model, tmp / "base")
     host = legal.model_copy(update={"name": "host", "model": str(base)})
     [prompt, *_] = demo_prompts(load_tokenizer_counter(host), n=3)
+    # b adapts the input embeddings as well (as the demo's adapters do): vLLM batches it with a's plain LoRA.
+    targets = {"a": ("q_proj", "v_proj"), "b": ("embed_tokens", "q_proj", "v_proj")}
     adapters = {
-        n: build_lora_adapter(base, tmp / n, seed=i, scale=0.05, teach=(prompt, word))
+        n: build_lora_adapter(base, tmp / n, seed=i, scale=0.05, teach=(prompt, word), targets=targets[n])
         for i, (n, word) in enumerate((("a", "fine"), ("b", "prison")))
     }
     return host, adapters

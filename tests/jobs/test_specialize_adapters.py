@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from council.config import CouncilConfig
 from council.jobs.lm import load_checkpoint
@@ -53,6 +54,9 @@ def test_adapters_are_peft_folders_that_change_their_base(trained: Path) -> None
         assert (cfg["r"], cfg["lora_alpha"], cfg["peft_type"]) == (4, 8, "LORA")
         assert set(cfg["target_modules"]) == set(LoraPlan().target_modules)
         assert (folder / cfg["base_model_name_or_path"]).resolve() == base_dir.resolve()
+        tensors = load_file(folder / "adapter_model.safetensors")
+        assert any(k.endswith("embed_tokens.lora_embedding_A") for k in tensors), sorted(tensors)[:4]
+        assert not [k for k in tensors if "lora" not in k]  # the LoRA alone, not the base's embedding matrix
         fresh, _ = load_checkpoint(base_dir)
         model = PeftModel.from_pretrained(fresh, str(folder)).eval()
         outputs[name] = last_logits(model, tok)

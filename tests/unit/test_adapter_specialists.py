@@ -32,7 +32,8 @@ def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "base": base,
         "a": Path(build_lora_adapter(base, tmp / "a", seed=1, scale=0.05, teach=(prompt, "fine"))),
-        "b": Path(build_lora_adapter(base, tmp / "b", seed=2, scale=0.05, teach=(prompt, "prison"))),
+        "b": Path(build_lora_adapter(base, tmp / "b", seed=2, scale=0.05, teach=(prompt, "prison"),
+                                     targets=("embed_tokens", "q_proj", "v_proj"))),  # an embedding LoRA too
         "wide": build_wider_llama(base, tmp / "wide"),
         "gpt2": build_tiny_gpt2(tmp / "gpt2"),
     }
@@ -99,6 +100,9 @@ def test_an_adapter_for_another_base_is_an_error_naming_it(lora: dict[str, Path]
     assert wide.startswith("config: specialists.0.adapter: ")
     assert "does not fit `base`" in wide
     assert "model.layers.0.self_attn.q_proj takes input size 128, the base's has 256" in wide
+    embedding = error(member("b", lora["wide"], lora["b"]))  # its embedding LoRA is checked first
+    assert "specialists.0.adapter:" in embedding
+    assert "its model.embed_tokens takes output size 128, the base's has 256" in embedding
     gpt2 = error({"name": "m", "model": str(lora["gpt2"]), "adapter": str(lora["a"])})  # model + adapter: merged
     assert "specialists.0.adapter:" in gpt2 and "does not fit `model`" in gpt2 and "which the base has not" in gpt2
 
