@@ -1,12 +1,13 @@
 """Confidence escalation (`router.escalation`): convene the whole council only when it pays.
 
 The top `first` routed members are asked first; the rest of the top-k are asked only when those do not settle the
-question: one of them failed, one said "unknown" (or their vote abstained), or their weighted agreement is below
-`min_agreement`. Then every answer is aggregated as one k-member council's. No more members are asked once the
-answers in hand decide the k-member vote whatever the rest would say (`decided`: two "unknown"s of three cannot be
-outvoted), and `step` widens a few members at a time instead of all at once. Early exit stops *waiting* for
-stragglers; escalation saves the calls themselves. The decision is pure; `convene` sequences the two rounds over the
-pipeline's own fan-out and vote, so retrieval and trimming happen once.
+question: one of them failed, one said "unknown" (or their vote abstained), their weighted agreement is below
+`min_agreement`, or (with `min_confidence`) one is unsure of its own answer. Then every answer is aggregated as one
+k-member council's. No more members are asked once the answers in hand decide the k-member vote whatever the rest
+would say (`decided`: two "unknown"s of three cannot be outvoted), and `step` widens a few members at a time
+instead of all at once. Early exit stops *waiting* for stragglers; escalation saves the calls themselves. The
+decision is pure; `convene` sequences the two rounds over the pipeline's own fan-out and vote, so retrieval and
+trimming happen once.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from council.agreement import Verdict, is_unknown, share_weight
 from council.config import EscalationConfig
 from council.types import MemberAnswer
 
-__all__ = ["ABSTAINED", "DISAGREED", "SETTLED", "UNANSWERED", "convene", "decided", "first_round", "settings", "widen"]
+__all__ = [
+    "ABSTAINED", "DISAGREED", "SETTLED", "UNANSWERED", "UNSURE",
+    "convene", "decided", "first_round", "settings", "widen",
+]  # fmt: skip
 
 SETTLED = "settled"  # the first members answered alone
 UNANSWERED = "unanswered"  # one of them failed, timed out or had no room, or too few answered for the quorum
 ABSTAINED = "abstained"  # one of them said "unknown", or their vote abstained
 DISAGREED = "disagreed"  # their agreement is below min_agreement
+UNSURE = "unsure"  # one's own confidence in its answer is below min_confidence (or its engine reports none)
 _TOL = 1e-9  # agreement is a share of summed floats: float noise must not decide the threshold
 
 # (names to ask, answers already in hand) -> the answers of every name, in the names' order.
@@ -48,10 +53,13 @@ def first_round(chosen: Sequence[str], escalation: EscalationConfig | None, *, n
     return tuple(chosen[: escalation.first])
 
 
-def widen(first: Sequence[MemberAnswer], verdict: Verdict | None, *, min_agreement: float, quorum: int) -> str | None:
-    """Why the first members' answers do not settle the question (UNANSWERED, ABSTAINED, DISAGREED), or None when
-    they do. `verdict` is their vote (None: none answered). A member cancelled by early exit does not count against
-    them: the vote was decided without it."""
+def widen(
+    first: Sequence[MemberAnswer], verdict: Verdict | None, *, min_agreement: float, quorum: int,
+    min_confidence: float | None = None,
+) -> str | None:
+    """Why the first members' answers do not settle the question (UNANSWERED, ABSTAINED, DISAGREED, UNSURE), or None
+    when they do. `verdict` is their vote (None: none answered). A member cancelled by early exit does not count
+    against them: the vote was decided without it."""
     answered = [m for m in first if m.ok]
     if verdict is None or len(answered) < quorum or any(m.error is not None for m in first):
         return UNANSWERED
@@ -59,6 +67,10 @@ def widen(first: Sequence[MemberAnswer], verdict: Verdict | None, *, min_agreeme
         return ABSTAINED
     if verdict.agreement < min_agreement - _TOL:
         return DISAGREED
+    if min_confidence is not None and any(
+        m.confidence is None or m.confidence < min_confidence - _TOL for m in answered
+    ):
+        return UNSURE
     return None
 
 
@@ -114,7 +126,7 @@ async def convene(
     asked = await fan_out(first, ())
     answered = [m for m in asked if m.ok]
     reason = widen(asked, await vote(answered) if answered else None, min_agreement=escalation.min_agreement,
-                   quorum=quorum)  # fmt: skip
+                   quorum=quorum, min_confidence=escalation.min_confidence)  # fmt: skip
     # Unsure first members whose answers already decide the k-member vote (two "unknown"s of three) settle it too.
     if reason is None or await settled(asked):
         return asked, SETTLED

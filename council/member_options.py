@@ -73,7 +73,8 @@ class GenerationOptions(StrictModel):
 
 class EscalationConfig(StrictModel):
     """Confidence escalation: the top `first` routed members are asked first; the rest of the top-k only when they
-    do not settle the question (one failed, one said "unknown", or their agreement is below `min_agreement`)."""
+    do not settle the question (one failed, one said "unknown", their agreement is below `min_agreement`, or one's
+    own confidence is below `min_confidence`)."""
 
     first: int = Field(1, ge=1, description="Members asked first (the top of the route); must be below router.k.")
     min_agreement: float = Field(
@@ -82,4 +83,9 @@ class EscalationConfig(StrictModel):
     step: int | None = Field(
         None, ge=1, description="Members added per widening, stopping once the answers so far decide the k-member "
         "vote whatever the rest would say; None: all the rest at once.",
+    )  # fmt: skip
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="A first member's own confidence in its answer (its tokens' geometric-mean "
+        "probability) below which the rest are asked; an answer without one (its engine reports none) is unsure too. "
+        "None: confidence is not looked at.",
     )  # fmt: skip

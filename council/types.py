@@ -210,7 +210,8 @@ class CouncilAnswer:
     # The members whose answers fell together (by name), the cluster the council's answer came from first.
     clusters: tuple[tuple[str, ...], ...] = ()
     # With escalation: "settled" (the first members' answers decided it; `members` holds only them), else why more
-    # of the top-k were asked: "unanswered", "abstained" or "disagreed". None: every chosen member asked at once.
+    # of the top-k were asked: "unanswered", "abstained", "disagreed" or "unsure". None: every chosen member asked
+    # at once.
     escalation: str | None = None
 
     @property

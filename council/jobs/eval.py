@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from council.agreement import normalise
 from council.config import CouncilConfig, SpecialistConfig
-from council.jobs.eval_escalation import escalation_table, parse_settings
+from council.jobs.eval_escalation import choose_min_confidence, escalation_table, parse_settings
 from council.jobs.eval_report import Record, accuracy, agreement_metrics, plot
 from council.jobs.eval_sample import DEMO_DIR, TENANT, open_store, sample_questions
 from council.jobs.eval_scoreboard import from_record, scoreboard
@@ -196,6 +196,12 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
     board, outcomes = await scoreboard(council, generalist, main, every, selection, tenant=TENANT, seed=args.seed)
     if args.escalation is not None:  # fixed k vs `router.escalation` on the scoreboard's own questions
         board["escalation"] = await escalation_table(council, every, escalation=args.escalation)
+        if args.escalation.min_confidence is None:  # the same, also widening on a member's own low confidence
+            chosen = await choose_min_confidence(council, selection, escalation=args.escalation)
+            with_confidence = args.escalation.model_copy(update={"min_confidence": chosen["min_confidence"]})
+            board["escalation_confidence"] = {
+                **chosen, "table": await escalation_table(council, every, escalation=with_confidence),
+            }
     by_split = {s: [r for r in main if r.split == s] for s in qs}
     no_retrieval = await ask_all(council, qs["fresh"], use_retrieval=False)
     small = answerable[: args.sweep_n]
@@ -238,7 +244,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--escalation", type=lambda t: None if t == "off" else parse_settings(t), default="1::1",
                    help="router.escalation compared with fixed k on the scored questions, FIRST[:MIN_AGREEMENT[:STEP]]"
-                   " (default 1::1: the top member first, then one more at a time); off: skip")  # fmt: skip
+                   " (default 1::1: the top member first, then one more at a time; without a MIN_CONFIDENCE it is also"
+                   " run with one chosen on the selection split); off: skip")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
     return p.parse_args(argv)
 

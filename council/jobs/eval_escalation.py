@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["escalation_table", "main", "parse_settings"]
+__all__ = ["CONFIDENCE_GRID", "choose_min_confidence", "escalation_table", "main", "parse_settings"]
 
 # The issue's goal: at least this share of member calls saved, at no worse hallucination rate, and accuracy
 # within this many points (as a share) of fixed k.
 GOAL_CALL_REDUCTION = 0.40
 GOAL_ACCURACY_POINTS = 0.02
+# `min_confidence` values tried on the selection split (a member's geometric-mean token probability).
+CONFIDENCE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def member_calls(ans: CouncilAnswer) -> int:
@@ -103,10 +105,42 @@ async def escalation_table(
     }
 
 
+async def choose_min_confidence(
+    council: Council, selection: Sequence[Question], *, escalation: EscalationConfig,
+    grid: Sequence[float] = CONFIDENCE_GRID,
+) -> dict[str, Any]:
+    """`escalation`'s `min_confidence` chosen on `selection` (questions the scoreboard does not score): of the grid's
+    thresholds whose hallucination rate is no worse than fixed k's and accuracy within the goal's points, the lowest
+    (the fewest calls); none such: the highest tried. Returns the choice and every threshold's figures."""
+    if not selection or not grid:
+        raise ValueError("choose_min_confidence needs selection questions and a grid of thresholds")
+    fixed = (await _run(council, selection, escalation=False))["scoreboard"]["all"]
+    rows = []
+    for t in sorted(grid):
+        with escalating(council, escalation.model_copy(update={"min_confidence": t})):
+            run = await _run(council, selection, escalation=True)
+        board = run["scoreboard"]["all"]
+        rows.append({
+            "min_confidence": t, "member_calls_mean": run["member_calls_mean"], "accuracy": board["accuracy"],
+            "hallucination_rate": board["hallucination_rate"],
+            "fits": board["hallucination_rate"] <= fixed["hallucination_rate"]
+            and board["accuracy"] >= fixed["accuracy"] - GOAL_ACCURACY_POINTS,
+        })  # fmt: skip
+    fitting = [r for r in rows if r["fits"]]
+    chosen = min(fitting, key=lambda r: r["min_confidence"]) if fitting else rows[-1]
+    return {
+        "chosen_on": "selection", "questions": len(selection), "min_confidence": chosen["min_confidence"],
+        "fixed_k": {"accuracy": fixed["accuracy"], "hallucination_rate": fixed["hallucination_rate"]}, "grid": rows,
+    }  # fmt: skip
+
+
 def parse_settings(text: str) -> EscalationConfig:
-    """FIRST[:MIN_AGREEMENT[:STEP]] (an empty field: its default)."""
-    first, agreement, step = (text.split(":") + ["", ""])[:3]
-    given = {"first": first, "min_agreement": agreement, "step": step}
+    """FIRST[:MIN_AGREEMENT[:STEP[:MIN_CONFIDENCE]]] (an empty field: its default)."""
+    fields = text.split(":")
+    if len(fields) > 4:
+        raise ValueError(f"escalation settings {text!r}: at most FIRST:MIN_AGREEMENT:STEP:MIN_CONFIDENCE")
+    first, agreement, step, confidence = (fields + ["", "", ""])[:4]
+    given = {"first": first, "min_agreement": agreement, "step": step, "min_confidence": confidence}
     return EscalationConfig.model_validate({k: v for k, v in given.items() if v})
 
 

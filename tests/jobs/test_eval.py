@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from council.jobs import eval as council_eval
+from council.jobs.eval_escalation import CONFIDENCE_GRID
 from council.jobs.eval_scoreboard import HEADLINE
 from council.jobs.specialize import Phase, Plan, specialize
 from council.world import build_world, save_questions
@@ -111,6 +112,14 @@ def test_demo_eval_scores_an_external_question_file_on_the_scoreboard(tmp_path: 
     assert 1.0 <= esc["escalation"]["member_calls_mean"] <= 3.0
     assert esc["call_reduction"] == 1 - esc["escalation"]["member_calls_mean"] / 3.0
     assert set(esc["escalation"]["scoreboard"]["all"]) == SCORE_FIELDS
+    # The same, widening on the top member's own low confidence too: its threshold chosen on the selection split.
+    conf = board["escalation_confidence"]
+    assert conf["chosen_on"] == "selection" and conf["questions"] == 6
+    grid = [r["min_confidence"] for r in conf["grid"]]
+    assert grid == sorted(CONFIDENCE_GRID)
+    fitting = [r["min_confidence"] for r in conf["grid"] if r["fits"]]
+    assert conf["min_confidence"] == (fitting[0] if fitting else grid[-1])
+    assert conf["table"]["settings"]["min_confidence"] == conf["min_confidence"] and conf["table"]["questions"] == 9
     # The k sweep asks every kind, so its hallucination rate counts answers to unanswerable questions too.
     assert [r["k"] for r in m["k_sweep"]] == [1, 2, 3, 4, 5, 6]
     assert all(0 <= r["hallucination_rate"] <= 1 - r["accuracy"] for r in m["k_sweep"])

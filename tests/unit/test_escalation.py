@@ -8,7 +8,7 @@ import pytest
 from council.agreement import Verdict
 from council.config import CouncilConfig, EscalationConfig
 from council.errors import ConfigError, InvalidRequest
-from council.escalation import ABSTAINED, DISAGREED, SETTLED, UNANSWERED, decided, first_round, settings, widen
+from council.escalation import ABSTAINED, DISAGREED, SETTLED, UNANSWERED, UNSURE, decided, first_round, settings, widen
 from council.serving.schemas import AskBody
 from council.types import AskRequest, CouncilAnswer, MemberAnswer
 from tests.unit.test_pipeline import ScriptedSpecialist, make_config, make_council
@@ -55,6 +55,20 @@ def test_widen_says_why() -> None:
     assert widen([ok("a"), MemberAnswer("b", 0.5, cancelled=True)], verdict(1.0), min_agreement=1.0, quorum=1) is None
 
 
+def test_widen_on_a_member_unsure_of_its_own_answer() -> None:
+    sure, unsure, silent = (
+        MemberAnswer(n, 0.5, answer="paris", confidence=c) for n, c in (("a", 0.9), ("b", 0.4), ("c", None))
+    )
+    assert widen([sure], verdict(1.0), min_agreement=1.0, quorum=1, min_confidence=0.5) is None
+    assert widen([sure, unsure], verdict(1.0), min_agreement=1.0, quorum=1, min_confidence=0.5) == UNSURE
+    assert widen([sure], verdict(1.0), min_agreement=1.0, quorum=1, min_confidence=0.9) is None  # at the threshold
+    assert widen([silent], verdict(1.0), min_agreement=1.0, quorum=1, min_confidence=0.1) == UNSURE  # none reported
+    assert widen([unsure, silent], verdict(1.0), min_agreement=1.0, quorum=1) is None  # confidence not looked at
+    # An "unknown" already widens as an abstention, whatever its confidence.
+    assert widen([MemberAnswer("a", 0.5, answer="unknown", confidence=0.99)], verdict(1.0), min_agreement=1.0,
+                 quorum=1, min_confidence=0.5) == ABSTAINED  # fmt: skip
+
+
 def test_decided_when_the_unasked_cannot_change_the_vote() -> None:
     # Route score 0.5 weighs 0.75, 0.0 weighs 0.5 (route_weight).
     two_unknown = [ok("a", "unknown"), ok("b", "unknown")]
@@ -74,6 +88,8 @@ def test_config_refuses_first_not_below_k() -> None:
         make_config(escalation={"first": 3})
     with pytest.raises(ConfigError, match=r"router\.escalation\.min_agreement"):
         make_config(escalation={"min_agreement": 1.5})
+    with pytest.raises(ConfigError, match=r"router\.escalation\.min_confidence"):
+        make_config(escalation={"min_confidence": -0.1})
     assert CouncilConfig.model_validate(make_config().model_dump()).router.escalation is None  # off by default
 
 
@@ -109,6 +125,16 @@ async def test_an_unknown_widens_to_the_whole_top_k() -> None:
     assert [m.name for m in ans.members] == list(ans.route.chosen) and ans.escalation == ABSTAINED
     # Aggregated as one 3-member council: m1 and m2 fall together, m0's "unknown" apart.
     assert ans.escalated and sorted(map(sorted, ans.clusters)) == [["m0"], ["m1", "m2"]]
+
+
+async def test_an_unsure_first_member_widens_a_sure_one_answers_alone() -> None:
+    config = make_config(escalation={"first": 1, "min_confidence": 0.6})
+    sure = [ScriptedSpecialist(f"m{i}", "Paris.", confidence=0.8) for i in range(3)]
+    ans = await make_council(sure, config).ask(AskRequest(LAW))
+    assert calls(sure) == {"m0": 1} and ans.escalation == SETTLED and ans.members[0].confidence == 0.8
+    unsure = [ScriptedSpecialist(f"m{i}", "Paris.", confidence=0.8 if i else 0.3) for i in range(3)]
+    ans = await make_council(unsure, config).ask(AskRequest(LAW))
+    assert calls(unsure) == {"m0": 1, "m1": 1, "m2": 1} and ans.escalation == UNSURE and ans.answer == "Paris."
 
 
 async def test_disagreeing_first_two_widen_and_a_failure_widens() -> None:

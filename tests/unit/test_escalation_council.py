@@ -90,6 +90,23 @@ async def test_first_member_alone_when_it_answers_all_k_when_it_does_not_know(de
             assert (ans.answer, ans.agreement, ans.abstained) == (full.answer, full.agreement, full.abstained)
 
 
+async def test_a_top_member_below_min_confidence_widens(demo: Any) -> None:
+    council, counted, questions = demo
+    fixed = await fixed_k(council, counted, questions)
+    sure = [(q, a) for q, a in zip(questions, fixed, strict=True) if not unknown(a.members[0])]
+    assert all(a.members[0].confidence is not None for _, a in sure), "transformers members report a confidence"
+    q, full = min(sure, key=lambda qa: qa[1].members[0].confidence or 0.0)  # the top member's least sure answer
+    c = full.members[0].confidence or 0.0
+    assert 0 < c < 1
+    with escalating(council, EscalationConfig(first=1, min_confidence=c - 1e-3)):
+        ans = await ask(council, q.question)
+        assert counted.take() == {full.members[0].name: 1} and ans.escalation == "settled"
+    with escalating(council, EscalationConfig(first=1, min_confidence=min(1.0, c + 1e-3))):
+        ans = await ask(council, q.question)
+        assert counted.take() == {m.name: 1 for m in full.members} and ans.escalation == "unsure"
+        assert (ans.answer, ans.agreement, ans.abstained) == (full.answer, full.agreement, full.abstained)
+
+
 # A world-0 question the demo council's top two members (legal-1, legal-2) answer differently.
 DIFFER = next(q for q in build_world(0).all_questions if q.question == "under the pida act , what penalty is imposed ?")
 

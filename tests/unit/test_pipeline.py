@@ -28,9 +28,12 @@ class ScriptedSpecialist:
         delay_s: float = 0.0,
         error: str | None = None,
         gate: asyncio.Event | None = None,
+        confidence: float | None = None,
     ):
-        """`gate`: answer only once the test sets it (a member that hangs until then)."""
+        """`gate`: answer only once the test sets it (a member that hangs until then); `confidence`: the one its
+        answers report (None: like an engine that gives none)."""
         self.name, self.answer, self.delay_s, self.error, self.gate = name, answer, delay_s, error, gate
+        self.confidence = confidence
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.cancelled = False
         self.answered = False
@@ -49,7 +52,9 @@ class ScriptedSpecialist:
         if self.error:
             raise RuntimeError(self.error)
         self.answered = True
-        return Generation(self.answer, prompt_tokens=10, completion_tokens=2, latency_s=self.delay_s)
+        return Generation(
+            self.answer, prompt_tokens=10, completion_tokens=2, latency_s=self.delay_s, confidence=self.confidence
+        )
 
 
 class ListRetriever:
