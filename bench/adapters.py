@@ -39,14 +39,18 @@ def build_checkpoints(work: Path, base: Path, n: int) -> tuple[list[Path], list[
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from council.backends.lora import merge
+    from council.jobs.lora import LoraPlan
     from council.testing.tiny import build_lora_adapter
 
     adapters, full = [], []
     for i in range(n):
-        adapter = Path(build_lora_adapter(base, work / "adapters" / f"s{i}", seed=i, scale=0.05))
+        # Shaped as the demo's adapters are: rank 32 on the input embeddings and every projection (LoraPlan).
+        adapter = Path(build_lora_adapter(base, work / "adapters" / f"s{i}", seed=i, scale=0.05,
+                                          targets=LoraPlan().target_modules, rank=LoraPlan().rank))  # fmt: skip
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), adapter)
         out = work / "full" / f"s{i}"
-        model.merge_and_unload().save_pretrained(str(out))
+        merge(model).save_pretrained(str(out))
         for f in base.iterdir():  # the tokenizer and generation config, as the base has them
             if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
                 shutil.copy(f, out / f.name)

@@ -106,19 +106,19 @@ async def escalation_table(
 
 
 async def choose_min_confidence(
-    council: Council, selection: Sequence[Question], *, escalation: EscalationConfig,
+    council: Council, calibration: Sequence[Question], *, escalation: EscalationConfig,
     grid: Sequence[float] = CONFIDENCE_GRID,
 ) -> dict[str, Any]:
-    """`escalation`'s `min_confidence` chosen on `selection` (questions the scoreboard does not score): of the grid's
-    thresholds whose hallucination rate is no worse than fixed k's and accuracy within the goal's points, the lowest
-    (the fewest calls); none such: the highest tried. Returns the choice and every threshold's figures."""
-    if not selection or not grid:
-        raise ValueError("choose_min_confidence needs selection questions and a grid of thresholds")
-    fixed = (await _run(council, selection, escalation=False))["scoreboard"]["all"]
+    """`escalation`'s `min_confidence` chosen on `calibration` (questions the scoreboard does not score): of the
+    grid's thresholds whose hallucination rate is no worse than fixed k's and accuracy within the goal's points, the
+    lowest (the fewest calls); none such: the highest tried. Returns the choice and every threshold's figures."""
+    if not calibration or not grid:
+        raise ValueError("choose_min_confidence needs calibration questions and a grid of thresholds")
+    fixed = (await _run(council, calibration, escalation=False))["scoreboard"]["all"]
     rows = []
     for t in sorted(grid):
         with escalating(council, escalation.model_copy(update={"min_confidence": t})):
-            run = await _run(council, selection, escalation=True)
+            run = await _run(council, calibration, escalation=True)
         board = run["scoreboard"]["all"]
         rows.append({
             "min_confidence": t, "member_calls_mean": run["member_calls_mean"], "accuracy": board["accuracy"],
@@ -129,7 +129,7 @@ async def choose_min_confidence(
     fitting = [r for r in rows if r["fits"]]
     chosen = min(fitting, key=lambda r: r["min_confidence"]) if fitting else rows[-1]
     return {
-        "chosen_on": "selection", "questions": len(selection), "min_confidence": chosen["min_confidence"],
+        "chosen_on": "calibration", "questions": len(calibration), "min_confidence": chosen["min_confidence"],
         "fixed_k": {"accuracy": fixed["accuracy"], "hallucination_rate": fixed["hallucination_rate"]}, "grid": rows,
     }  # fmt: skip
 

@@ -102,10 +102,10 @@ def tiny_specialist_config(path: Path | str, name: str = "tiny", **overrides: An
 
 def build_lora_adapter(
     base: str | Path, folder: Path, seed: int = 0, *, scale: float = 0.5, teach: tuple[str, str] | None = None,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    targets: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 8,
 ) -> str:
-    """A rank-8 PEFT LoRA on `targets` of a Llama `base` (q_proj/v_proj; add embed_tokens for an embedding LoRA, as
-    the demo's adapters have), saved to `folder` with `save_pretrained` (adapter_config.json,
+    """A rank-`rank` (8) PEFT LoRA on `targets` of a Llama `base` (q_proj/v_proj; add embed_tokens for an embedding
+    LoRA, as the demo's adapters have), saved to `folder` with `save_pretrained` (adapter_config.json,
     adapter_model.safetensors). Its B matrices are random (not zero), so it changes the base's answers; with
     `teach` = (prompt, answer) it is then trained a few steps to continue that prompt with that answer (random
     adapters of a tiny model tend to collapse onto the same few words)."""
@@ -116,7 +116,7 @@ def build_lora_adapter(
     torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=list(targets), lora_dropout=0.0),
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0),
     )
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -73,7 +73,7 @@ def test_demo_eval_scores_an_external_question_file_on_the_scoreboard(tmp_path: 
     questions = external_questions(tmp_path / "external.jsonl", per_kind=5)
     out = tmp_path / "eval"
     rc = council_eval.main(["--questions", str(questions), "--n", "3", "--sweep-n", "1", "--selection-n", "2",
-                            "--out", str(out)])
+                            "--calibration-n", "2", "--out", str(out)])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     board = m["scoreboard"]
@@ -112,9 +112,9 @@ def test_demo_eval_scores_an_external_question_file_on_the_scoreboard(tmp_path: 
     assert 1.0 <= esc["escalation"]["member_calls_mean"] <= 3.0
     assert esc["call_reduction"] == 1 - esc["escalation"]["member_calls_mean"] / 3.0
     assert set(esc["escalation"]["scoreboard"]["all"]) == SCORE_FIELDS
-    # The same, widening on the top member's own low confidence too: its threshold chosen on the selection split.
+    # The same, widening on the top member's own low confidence too: its threshold chosen on unscored questions.
     conf = board["escalation_confidence"]
-    assert conf["chosen_on"] == "selection" and conf["questions"] == 6
+    assert conf["chosen_on"] == "calibration" and conf["questions"] == 6
     grid = [r["min_confidence"] for r in conf["grid"]]
     assert grid == sorted(CONFIDENCE_GRID)
     fitting = [r["min_confidence"] for r in conf["grid"] if r["fits"]]
