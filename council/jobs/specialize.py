@@ -301,6 +301,8 @@ def specialize(
         if report_path.exists():
             done_by_others = json.loads(report_path.read_text()).get("members", [])
             reports = [r for r in done_by_others if r["name"] not in {m.name for m in todo}] + reports
+        order = {m.name: i for i, m in enumerate(specialists)}  # the council's order, whichever run ended first
+        reports.sort(key=lambda r: order.get(r["name"], len(order)))
     summary = {"plan": asdict(plan), "wall_seconds": round(time.time() - started, 1), "members": reports}
     report_path.write_text(json.dumps(summary, indent=1))
     return {**summary, "report": str(report_path)}
