@@ -86,6 +86,6 @@ class EscalationConfig(StrictModel):
     )  # fmt: skip
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="A first member's own confidence in its answer (its tokens' geometric-mean "
-        "probability) below which the rest are asked; an answer without one (its engine reports none) is unsure too. "
-        "None: confidence is not looked at.",
+        "probability) below which the rest are asked; an answer without one is unsure too (a streamed answer and an "
+        "`openai` member report none, so with them every request widens). None: confidence is not looked at.",
     )  # fmt: skip

@@ -78,12 +78,15 @@ def mismatch(base: str, adapter: str) -> str | None:
             module = modules.get(name)
             if module is None:
                 return f"it adapts {name!r}, which the base has not (made for {trained_on!r}?)"
-            if "embedding" in part:
-                want = module.num_embeddings if dim == 1 else module.embedding_dim
-            else:
-                want = module.in_features if dim == 1 else module.out_features
+            embedding = "embedding" in part
+            sizes = ("num_embeddings", "embedding_dim") if embedding else ("in_features", "out_features")
+            if not all(hasattr(module, a) for a in sizes):
+                kind = "an embedding" if embedding else "a linear layer"
+                return (f"it adapts {name!r} as {kind}, which the base's {name} is not "
+                        f"(a {type(module).__name__}; made for {trained_on!r}?)")  # fmt: skip
+            want = getattr(module, sizes[0] if dim == 1 else sizes[1])
             if shape[dim] != want:
-                side = "input" if dim == 1 else "output"
+                side = ("vocabulary" if embedding else "input") if dim == 1 else "output"
                 return (
                     f"its {name} takes {side} size {shape[dim]}, the base's has {want}: it was made for another base "
                     f"({trained_on!r})"
@@ -102,9 +105,12 @@ def merge(peft_model: Any) -> Any:
     base = peft_model.get_base_model()
     embeddings, head = base.get_input_embeddings(), base.get_output_embeddings()
     shared = getattr(embeddings, "base_layer", embeddings).weight
-    if head is not None and head.weight is shared:
+    head = getattr(head, "base_layer", head)  # the output layer itself, also when a LoRA wraps it
+    adapted = bool(getattr(embeddings, "lora_embedding_A", None))  # untie only when the input side changes
+    if adapted and head is not None and head.weight is shared:
         head.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=False)
-        base.config.tie_word_embeddings = False
+        for config in {id(c): c for c in (base.config, base.config.get_text_config())}.values():
+            config.tie_word_embeddings = False  # also where a multimodal model keeps the flag
     return peft_model.merge_and_unload()
 
 

@@ -196,7 +196,7 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
     board, outcomes = await scoreboard(council, generalist, main, every, selection, tenant=TENANT, seed=args.seed)
     if args.escalation is not None:  # fixed k vs `router.escalation` on the scoreboard's own questions
         board["escalation"] = await escalation_table(council, every, escalation=args.escalation)
-        if args.escalation.min_confidence is None:  # the same, also widening on a member's own low confidence
+        if args.escalation.min_confidence is None and args.calibration_n:  # also widening on a low confidence
             calibration = [q for v in sample_questions(rest, world.seed, args.trained_seed, args.calibration_n,
                                                        args.seed + 2).values() for q in v]  # fmt: skip
             chosen = await choose_min_confidence(council, calibration, escalation=args.escalation)
@@ -232,6 +232,17 @@ async def evaluate(config: CouncilConfig, world: World, questions: Sequence[Ques
     return metrics
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative: give 0 or more questions per kind")
+    return n
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="council eval", description=__doc__)
     p.add_argument("--config", type=Path, default=DEMO_DIR / "council.yaml", help="council config (yaml)")
@@ -243,13 +254,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep-n", type=int, default=30, help="questions for the ordering, budget and k sweeps")
     p.add_argument("--selection-n", type=int, default=20,
                    help="questions per kind, apart from the scored ones, on which the best single specialist is chosen")
-    p.add_argument("--calibration-n", type=int, default=60,
-                   help="questions per kind, not scored, on which escalation's min_confidence is chosen")
+    p.add_argument("--calibration-n", type=_count, default=60,
+                   help="questions per kind, not scored, on which escalation's min_confidence is chosen (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--escalation", type=lambda t: None if t == "off" else parse_settings(t), default="1::1",
-                   help="router.escalation compared with fixed k on the scored questions, FIRST[:MIN_AGREEMENT[:STEP]]"
-                   " (default 1::1: the top member first, then one more at a time; without a MIN_CONFIDENCE it is also"
-                   " run with one chosen on --calibration-n questions that are not scored); off: skip")  # fmt: skip
+                   help="router.escalation compared with fixed k on the scored questions,"
+                   " FIRST[:MIN_AGREEMENT[:STEP[:MIN_CONFIDENCE]]] (default 1::1: the top member first, then one more"
+                   " at a time; without a MIN_CONFIDENCE it is also run with one chosen on --calibration-n"
+                   " questions that are not scored); off: skip")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
     return p.parse_args(argv)
 

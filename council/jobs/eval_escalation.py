@@ -38,7 +38,7 @@ __all__ = ["CONFIDENCE_GRID", "choose_min_confidence", "escalation_table", "main
 # within this many points (as a share) of fixed k.
 GOAL_CALL_REDUCTION = 0.40
 GOAL_ACCURACY_POINTS = 0.02
-# `min_confidence` values tried on the selection split (a member's geometric-mean token probability).
+# `min_confidence` values tried on the calibration sample (a member's geometric-mean token probability).
 CONFIDENCE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
         "--settings", type=parse_settings, nargs="+", default=[parse_settings("1"), parse_settings("2:1.0")],
-        help="escalation settings as FIRST[:MIN_AGREEMENT[:STEP]], e.g. 1 2:0.6 1::1",
+        help="escalation settings as FIRST[:MIN_AGREEMENT[:STEP[:MIN_CONFIDENCE]]], e.g. 1 2:0.6 1::1 1::1:0.8",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this JSON file")
     args = p.parse_args(argv)

@@ -88,7 +88,7 @@ class CouncilMetrics:
         self.escalations = Counter(
             ESCALATIONS,
             "Answered requests run with escalation, by outcome: settled (the first members alone) or why the rest "
-            "were asked (unanswered, abstained, disagreed).",
+            "were asked (unanswered, abstained, disagreed, unsure).",
             tag_keys=("outcome",),
         )
 

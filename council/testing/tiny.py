@@ -120,7 +120,8 @@ def build_lora_adapter(
     )
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name or "lora_embedding_B" in name:
+            # PEFT starts an embedding LoRA's A at zero (a linear one's B): both random, so each part changes it.
+            if "lora_B" in name or "lora_embedding_" in name:
                 p.normal_(0, scale)
     if teach is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(base))

@@ -12,7 +12,7 @@ import yaml
 
 from council.backends.engine import EngineRequest, EngineSpecialist
 from council.backends.hf_engine import TransformersEngine
-from council.backends.lora import check_adapters
+from council.backends.lora import check_adapters, merge
 from council.backends.tokens import load_tokenizer_counter
 from council.bases import base_deployment_names, by_base
 from council.config import CouncilConfig
@@ -105,6 +105,31 @@ def test_an_adapter_for_another_base_is_an_error_naming_it(lora: dict[str, Path]
     assert "its model.embed_tokens takes output size 128, the base's has 256" in embedding
     gpt2 = error({"name": "m", "model": str(lora["gpt2"]), "adapter": str(lora["a"])})  # model + adapter: merged
     assert "specialists.0.adapter:" in gpt2 and "does not fit `model`" in gpt2 and "which the base has not" in gpt2
+
+
+def test_merging_an_embedding_lora_leaves_the_tied_output_side_the_bases(lora: dict[str, Path]) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load() -> Any:
+        return AutoModelForCausalLM.from_pretrained(str(lora["base"]), dtype=torch.float32).eval()
+
+    ids = AutoTokenizer.from_pretrained(str(lora["base"]))(PROBE, return_tensors="pt")["input_ids"]
+    bare = load()
+    assert bare.lm_head.weight is bare.model.embed_tokens.weight  # the demo's checkpoints tie them
+    for name, embeds in (("b", True), ("a", False)):
+        unmerged = PeftModel.from_pretrained(load(), str(lora[name])).eval()
+        merged = merge(PeftModel.from_pretrained(load(), str(lora[name])))
+        with torch.no_grad():
+            want, got = unmerged(input_ids=ids).logits, merged(input_ids=ids).logits
+            assert (want - bare(input_ids=ids).logits).abs().max() > 1e-3, name  # the adapter changes the base
+        assert torch.allclose(got, want, atol=1e-4), (name, float((got - want).abs().max()))
+        # Untied (the output side kept as the base's) only when the adapter changes the input embeddings.
+        assert (merged.lm_head.weight is not merged.model.embed_tokens.weight) == embeds, name
+        if embeds:
+            assert torch.equal(merged.lm_head.weight, bare.lm_head.weight)
+            assert not torch.equal(merged.model.embed_tokens.weight, bare.model.embed_tokens.weight)
 
 
 def test_relative_base_and_adapter_paths_resolve_against_the_yaml(lora: dict[str, Path], tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ async def test_a_top_member_below_min_confidence_widens(demo: Any) -> None:
     q, full = min(sure, key=lambda qa: qa[1].members[0].confidence or 0.0)  # the top member's least sure answer
     c = full.members[0].confidence or 0.0
     assert 0 < c < 1
-    with escalating(council, EscalationConfig(first=1, min_confidence=c - 1e-3)):
+    with escalating(council, EscalationConfig(first=1, min_confidence=max(0.0, c - 1e-3))):
         ans = await ask(council, q.question)
         assert counted.take() == {full.members[0].name: 1} and ans.escalation == "settled"
     with escalating(council, EscalationConfig(first=1, min_confidence=min(1.0, c + 1e-3))):
