@@ -42,6 +42,14 @@ GOAL_ACCURACY_POINTS = 0.02
 CONFIDENCE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
+def no_worse(fixed: dict[str, Any], escalated: dict[str, Any]) -> dict[str, bool]:
+    """The goal's quality half on two scoreboard rows: hallucination no worse, accuracy within the goal's points."""
+    return {
+        "hallucination_no_worse": escalated["hallucination_rate"] <= fixed["hallucination_rate"],
+        "accuracy_within_2_points": escalated["accuracy"] >= fixed["accuracy"] - GOAL_ACCURACY_POINTS,
+    }
+
+
 def member_calls(ans: CouncilAnswer) -> int:
     """Members the council asked for this answer (one whose context window the question overflowed was not)."""
     return sum(m.error_code != QuestionTooLong.type for m in ans.members)
@@ -97,11 +105,7 @@ async def escalation_table(
         "fixed_k": fixed,
         "escalation": escalated,
         "call_reduction": reduction,
-        "goal": {
-            "calls_at_least_40pct_fewer": reduction >= GOAL_CALL_REDUCTION,
-            "hallucination_no_worse": e["hallucination_rate"] <= f["hallucination_rate"],
-            "accuracy_within_2_points": e["accuracy"] >= f["accuracy"] - GOAL_ACCURACY_POINTS,
-        },
+        "goal": {"calls_at_least_40pct_fewer": reduction >= GOAL_CALL_REDUCTION, **no_worse(f, e)},
     }
 
 
@@ -123,8 +127,7 @@ async def choose_min_confidence(
         rows.append({
             "min_confidence": t, "member_calls_mean": run["member_calls_mean"], "accuracy": board["accuracy"],
             "hallucination_rate": board["hallucination_rate"],
-            "fits": board["hallucination_rate"] <= fixed["hallucination_rate"]
-            and board["accuracy"] >= fixed["accuracy"] - GOAL_ACCURACY_POINTS,
+            "fits": all(no_worse(fixed, board).values()),
         })  # fmt: skip
     fitting = [r for r in rows if r["fits"]]
     chosen = min(fitting, key=lambda r: r["min_confidence"]) if fitting else rows[-1]
