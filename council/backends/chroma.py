@@ -79,10 +79,23 @@ class ChromaRetriever:
             raise
         # embedding_function=None: we always pass vectors, so Chroma never loads its default ONNX model.
         self._collection = self._client.get_or_create_collection(
-            config.collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            config.collection,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine", "ef_search": config.search_ef}},
         )
+        if not read_only:
+            self._tune_search()
         self._write_lock = threading.Lock()
         self._tenants_seen: set[str] = set()
+
+    def _tune_search(self) -> None:
+        """A collection made before (or with another `search_ef`) keeps its own ef_search: set it to the config's.
+        Chroma's embedded store applies a change when the collection is next loaded (a new process)."""
+        hnsw = (self._collection.configuration or {}).get("hnsw") or {}
+        if hnsw.get("ef_search") not in (None, self.config.search_ef):
+            ef = self.config.search_ef
+            log.info("collection %s: ef_search %s -> %s", self.config.collection, hnsw["ef_search"], ef)
+            self._collection.modify(configuration={"hnsw": {"ef_search": ef}})
 
     # ---- ingest -------------------------------------------------------------------------------
 

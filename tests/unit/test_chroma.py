@@ -89,6 +89,33 @@ def test_restart_finds_the_same_chunks_and_results(tmp_path: Path, embedder: Sen
         second.close()
 
 
+def test_search_ef_is_set_on_a_new_store_and_on_one_made_with_chromas_default(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    import chromadb
+
+    def ef_search(r: ChromaRetriever) -> object:
+        return (r._collection.configuration or {})["hnsw"]["ef_search"]
+
+    new = _retriever(tmp_path / "new", embedder, search_ef=250)
+    try:
+        assert ef_search(new) == 250
+    finally:
+        new.close()
+    old_path = tmp_path / "old"
+    client = chromadb.PersistentClient(str(old_path))  # a store made before search_ef: Chroma's default
+    hnsw = {"hnsw": {"space": "cosine"}}
+    made = client.get_or_create_collection("council", embedding_function=None, configuration=hnsw)  # type: ignore[arg-type]
+    assert made.configuration["hnsw"]["ef_search"] == 100
+    del made, client
+    chromadb.api.client.SharedSystemClient.clear_system_cache()
+    writer = _retriever(old_path, embedder)
+    try:
+        assert ef_search(writer) == RetrievalConfig().search_ef == 200
+    finally:
+        writer.close()
+
+
 async def test_tenant_isolation_whatever_the_query(store: ChromaRetriever) -> None:
     store.ingest_texts(DOCS, tenant="acme")
     store.ingest_texts([("secret.txt", SECRET)], tenant="brightwater")
