@@ -91,10 +91,10 @@ class ChromaRetriever:
     def _tune_search(self) -> None:
         """A collection made before (or with another `search_ef`) keeps its own ef_search: set it to the config's.
         Chroma's embedded store applies a change when the collection is next loaded (a new process)."""
-        hnsw = (self._collection.configuration or {}).get("hnsw") or {}
-        if hnsw.get("ef_search") not in (None, self.config.search_ef):
-            ef = self.config.search_ef
-            log.info("collection %s: ef_search %s -> %s", self.config.collection, hnsw["ef_search"], ef)
+        ef = self.config.search_ef
+        current = ((self._collection.configuration or {}).get("hnsw") or {}).get("ef_search")
+        if current not in (None, ef):
+            log.info("collection %s: ef_search %s -> %s", self.config.collection, current, ef)
             self._collection.modify(configuration={"hnsw": {"ef_search": ef}})
 
     # ---- ingest -------------------------------------------------------------------------------
