@@ -105,16 +105,37 @@ def content_words(text: str) -> list[str]:
     return list(seen.values())
 
 
+_SUFFIXES = ("ies", "s", "ed", "ing")
+
+
+def stem(word: str) -> str:
+    """`word` lower-case without one inflectional suffix, so a question's "treat" meets a passage's "treats".
+
+    A crude suffix strip (no dictionary: the stores hold made-up names too), applied alike to both sides;
+    a stem keeps at least 3 letters, and a word ending in "ss" keeps it.
+
+    >>> [stem(w) for w in ["Treats", "treated", "treat", "companies", "doses", "dose", "bus", "class"]]
+    ['treat', 'treat', 'treat', 'company', 'dose', 'dose', 'bus', 'class']
+    """
+    w = word.lower()
+    for suffix in _SUFFIXES:
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and not (suffix == "s" and w.endswith("ss")):
+            return w[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return w
+
+
 def lexical_score(words: Sequence[str], text: str) -> float:
-    """Fraction of `words` (case-insensitive) that occur as words in `text`.
+    """Fraction of `words` whose stem (`stem`) is the stem of a word in `text`.
 
     >>> lexical_score(["Zorvex", "migraine"], "zorvex treats headaches")
     0.5
+    >>> lexical_score(["Zorvex", "treat"], "zorvex treats headaches")
+    1.0
     """
     if not words:
         return 0.0
-    present = {w.lower() for w in _WORD.findall(text)}
-    return sum(w.lower() in present for w in words) / len(words)
+    present = {stem(w) for w in _WORD.findall(text)}
+    return sum(stem(w) in present for w in words) / len(words)
 
 
 def probe_words(words: Sequence[str], n: int) -> list[str]:
