@@ -14,7 +14,7 @@ from council.backends.embeddings import SentenceTransformerEmbedder, get_embedde
 from council.config import RetrievalConfig
 from council.errors import BadInputFile, InvalidRequest, UnknownTenant
 from council.protocols import Retriever
-from council.retrieval import chunk_id, chunk_text, content_words, lexical_score
+from council.retrieval import chunk_id, chunk_text, content_words, lexical_score, stem
 from council.types import Document
 
 DOCS = [
@@ -290,6 +290,15 @@ def test_content_words_and_lexical_score() -> None:
     assert words == ["taught", "Quorvath", "art", "glass"]
     assert lexical_score(words, "quorvath makes GLASS") == 0.5
     assert lexical_score([], "anything") == 0.0
+
+
+def test_stems_let_inflections_meet_and_leave_short_words_and_ss_alone() -> None:
+    assert [stem(w) for w in ["Treats", "treated", "treating", "treat"]] == ["treat"] * 4
+    words = ["companies", "doses", "class", "bus", "red"]
+    assert [stem(w) for w in words] == ["company", "dose", "class", "bus", "red"]
+    # The question's "treat" meets the passage's "treats"; an unrelated word still does not.
+    assert lexical_score(["Zorvex", "treat"], "Zorvex treats migraine.") == 1.0
+    assert lexical_score(["Zorvex", "cure"], "Zorvex treats migraine.") == 0.5
 
 
 def test_relevance_filters_drop_near_misses_and_keep_a_clear_winner(
