@@ -45,13 +45,18 @@ class BatchedEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Blocking: cached rows plus one pass of the wrapped embedder for the rest."""
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """`embed`, and how many of `texts` came from the cache."""
         texts = list(texts)
         rows = self._cached(texts)
+        hits = sum(r is not None for r in rows)
         missing = list(dict.fromkeys(t for t, r in zip(texts, rows, strict=True) if r is None))
         if missing:
             found = dict(zip(missing, self._pass(missing), strict=True))
             rows = [found[t] if r is None else r for t, r in zip(texts, rows, strict=True)]
-        return self._stack(rows)
+        return self._stack(rows), hits
 
     async def embed_async(self, texts: Sequence[str]) -> np.ndarray:
         """Like `embed`, but batched with every other caller awaiting on this event loop."""

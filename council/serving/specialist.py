@@ -22,10 +22,9 @@ from ray import serve
 
 from council.agreement import is_unknown
 from council.backends.engine import Engine, EngineDelta, EngineRequest, EngineSpecialist
-from council.batching import PassGate
+from council.batching import BatchedEmbedder, PassGate
 from council.config import SpecialistConfig
 from council.errors import InvalidRequest
-from council.protocols import Embedder
 from council.types import Generation
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,9 @@ class SpecialistServer:
     ) -> None:
         """`fault`: fault injection for resilience tests (council.backends.faulty.Faults fields), None: none.
         `answer_embedder`: embed each answer right after generating it, with this sentence-transformers model
-        ("" = the bundled MiniLM), and return the vector with the Generation; None: do not embed."""
+        ("" = the bundled MiniLM), and return the vector with the Generation; None: do not embed. The replica's
+        embedder remembers recent answers (`council.batching.BatchedEmbedder`, as the ingress's does): short
+        answers repeat across questions and batches, and a repeated one costs no pass."""
         from council.backends.faulty import Faults, FaultyEngine
         from council.backends.hf_engine import TransformersEngine
 
@@ -62,16 +63,17 @@ class SpecialistServer:
             self.engine = self.faulty
         self.specialist = EngineSpecialist(self.engine)
         self._start_lock = asyncio.Lock()
-        self.answer_embedder: Embedder | None = None
+        self.answer_embedder: BatchedEmbedder | None = None
         if answer_embedder is not None:
-            from council.backends.embeddings import get_embedder
+            from council.backends.embeddings import get_batched_embedder
 
-            self.answer_embedder = get_embedder(answer_embedder or None)
+            self.answer_embedder = get_batched_embedder(answer_embedder or None)
             self.answer_embedder.embed(["warm up"])  # first-pass allocations at start-up, not in the first request
         self._stats = {
             "requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0,
             "embed_cpu_ms": 0, "streams": 0,
         }  # fmt: skip
+        self._cache_hits = 0
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
         self._gate = PassGate()
@@ -246,7 +248,9 @@ class SpecialistServer:
         if not texts:
             return generations
         cpu = time.thread_time()
-        vectors = dict(zip(texts, self.answer_embedder.embed(texts).tolist(), strict=True))
+        rows, hits = self.answer_embedder.embed_counted(texts)
+        vectors = dict(zip(texts, rows.tolist(), strict=True))
+        self._cache_hits += hits
         self._stats["embed_cpu_ms"] += round((time.thread_time() - cpu) * 1000)
         self._stats["embedded"] += len(texts)
         return [
@@ -261,13 +265,15 @@ class SpecialistServer:
 
     def stats(self) -> dict[str, int]:
         """Counters of this replica: requests (streams among them), errors, cancelled, batches run by us and the
-        largest one (0 for an engine that batches itself), answers embedded, the CPU milliseconds its worker
-        threads spent generating (transformers) and embedding answers, `running`: the requests the engine
+        largest one (0 for an engine that batches itself), answers given a vector (`embed_cache_hits` of them
+        remembered, not embedded again), the CPU milliseconds its worker threads spent generating (transformers)
+        and embedding answers, `running`: the requests the engine
         holds right now, and the engine's own counters (openai: attempts, retries, remote_errors)."""
         return {
             **self._stats,
             **getattr(self.base_engine, "counters", {}),
             "generate_cpu_ms": int(getattr(self.base_engine, "cpu_ms", 0)),
+            "embed_cache_hits": self._cache_hits,
             "running": self.engine.num_running(),
         }
 

@@ -43,6 +43,20 @@ async def test_answers_come_with_their_embedding_in_one_pass_per_batch(tmp_path:
     assert plain.stats()["embed_cpu_ms"] == 0 and plain.stats()["generate_cpu_ms"] > 0
 
 
+async def test_a_repeated_answer_is_remembered_not_embedded_again(tmp_path: Path) -> None:
+    from council.serving.specialist import SpecialistServer
+
+    config = tiny_specialist_config(build_tiny_gpt2(tmp_path / "m"), generation={"max_new_tokens": 6, "stop": []})
+    server = SpecialistServer(config.model_dump(), answer_embedder="")
+    first = await server.generate("the same question twice", ())
+    cpu, hits = server.stats()["embed_cpu_ms"], server.stats()["embed_cache_hits"]
+    again = await server.generate("the same question twice", ())
+    assert again.text == first.text and again.embedding == first.embedding
+    stats = server.stats()
+    assert stats["embed_cache_hits"] == hits + 1 and stats["embedded"] == 2, stats
+    assert stats["embed_cpu_ms"] - cpu <= 1, stats  # no forward pass for the remembered answer
+
+
 async def test_two_servers_in_one_process_each_answer_with_their_own_model(tmp_path: Path) -> None:
     # @serve.batch on the class method would share one queue (and one model) between the two instances.
     from council.backends.transformers import TransformersSpecialist
