@@ -44,10 +44,14 @@ from overhead_cells import (  # noqa: E402  (beside this script)
 from ray import serve  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "council" / "demo"
-# The defaults' alternatives, each its own app beside the default council: label -> its `aggregator` section.
+# Apps beside the default council: label -> its `aggregator` section. The one alternative the simulated members
+# leave open: trimming and agreement on their own deployment. (Where answers are embedded is not: a simulated
+# member loads no embedder, as a remote one, so the ingress embeds its answers with either setting; overhead.py's
+# real members compare that.) The twin is the default council again: how far two identical apps land apart in
+# one run, the spread every ratio below carries.
 VARIANTS = {
     "AggregatorServer deployment": {"placement": "deployment"},
-    "answers embedded by the ingress": {"answers_embedded_by": "ingress"},
+    "identical twin": {},
 }
 
 
