@@ -71,9 +71,8 @@ class SpecialistServer:
             self.answer_embedder.embed(["warm up"])  # first-pass allocations at start-up, not in the first request
         self._stats = {
             "requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "largest_batch": 0, "embedded": 0,
-            "embed_cpu_ms": 0, "streams": 0,
+            "embed_cpu_ms": 0, "embed_cache_hits": 0, "streams": 0,
         }  # fmt: skip
-        self._cache_hits = 0
         options = self.config.deployment
         # Requests arriving during a forward pass join the next one together (see PassGate).
         self._gate = PassGate()
@@ -250,7 +249,7 @@ class SpecialistServer:
         cpu = time.thread_time()
         rows, hits = self.answer_embedder.embed_counted(texts)
         vectors = dict(zip(texts, rows.tolist(), strict=True))
-        self._cache_hits += hits
+        self._stats["embed_cache_hits"] += hits
         self._stats["embed_cpu_ms"] += round((time.thread_time() - cpu) * 1000)
         self._stats["embedded"] += len(texts)
         return [
@@ -273,7 +272,6 @@ class SpecialistServer:
             **self._stats,
             **getattr(self.base_engine, "counters", {}),
             "generate_cpu_ms": int(getattr(self.base_engine, "cpu_ms", 0)),
-            "embed_cache_hits": self._cache_hits,
             "running": self.engine.num_running(),
         }
 
