@@ -29,6 +29,9 @@ class Mixture:
     min_passages: int = 0
     domains: tuple[str, ...] = tuple(DOMAINS)  # domains of the questions asked
     same_domain_distractors: float = 0.7  # distractors mostly look like the answer's passage
+    # Weights of the attributes a "read" turn asks about ((attribute, weight) pairs; unnamed ones weigh 1, none
+    # given: uniform). A reading drill (council.jobs.drill) weights the attributes a reader gets wrong.
+    read_focus: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -83,7 +86,9 @@ class ExerciseMaker:
         present = {p.name for p in passages}
         if kind == "read":
             target = rng.choice(passages)
-            attr = rng.choice(DOMAINS[target.domain].attributes)
+            attrs = DOMAINS[target.domain].attributes
+            focus = dict(mx.read_focus)
+            attr = rng.choices(attrs, [focus.get(a, 1.0) for a in attrs])[0] if focus else rng.choice(attrs)
             return self._question(target, attr, target.domain), target.facts[attr]
         if kind == "absent":
             target = self._entity(domain)
@@ -97,6 +102,16 @@ class ExerciseMaker:
         target = rng.choice(self.known)
         attr = rng.choice(DOMAINS[target.domain].attributes)
         return self._question(target, attr, target.domain), target.facts[attr]
+
+    def reading(self, domain: str, attribute: str, passages: int = 1) -> tuple[str, str]:
+        """(prompt, answer): `attribute` of a new entity of `domain`, its passage among `passages - 1` distractors
+        (the drill's probe of one reading skill; no world entity, so no evaluation question, is used)."""
+        target = self._entity(domain)
+        chosen = [target, *self._distractors(domain, passages - 1, avoid=target.name)]
+        self._rng.shuffle(chosen)
+        question = self._question(target, attribute, domain)
+        prompt = get_template(self.template).render(question, [render_document(p) for p in chosen])
+        return prompt, target.facts[attribute]
 
     def _question(self, entity: Entity, attribute: str, spec_domain: str) -> str:
         phr = self._rng.choice(train_phrasings(DOMAINS[spec_domain], attribute))
