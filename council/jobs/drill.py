@@ -5,8 +5,9 @@ Why: the shared phase's mixture asks every attribute equally, and a skill the mo
 stay missing for good. The demo's readers never read a person's name (a finance "ceo": 0 of 64 fresh facts with
 their passage alone, every member and the general phase; the output did not depend on the passage at all),
 while 150 steps asking only that attribute taught it (0.00 -> 0.83). The drill turns that into a rule:
-`read_focus` weights each attribute by the reader's own error on exercise probes (new random entities, never the
-world's fresh or evaluation ones), on top of a base weight every skill keeps so that none is forgotten.
+`read_focus` weights each attribute by the reader's own error on exercise probes (entities with random facts, drawn
+as the training exercises draw them: never a world document or question), on top of a base weight every skill keeps
+so that none is forgotten.
 
     python -m council.jobs.drill --models council/demo/models --only finance-1 finance-2
 """

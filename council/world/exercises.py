@@ -105,7 +105,7 @@ class ExerciseMaker:
 
     def reading(self, domain: str, attribute: str, passages: int = 1) -> tuple[str, str]:
         """(prompt, answer): `attribute` of a new entity of `domain`, its passage among `passages - 1` distractors
-        (the drill's probe of one reading skill; no world entity, so no evaluation question, is used)."""
+        (the drill's probe of one reading skill: random facts, never a world document or question)."""
         target = self._entity(domain)
         chosen = [target, *self._distractors(domain, passages - 1, avoid=target.name)]
         self._rng.shuffle(chosen)
