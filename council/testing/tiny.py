@@ -126,7 +126,9 @@ def build_lora_adapter(
     if teach is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(base))
         prompt = tokenizer(teach[0], add_special_tokens=False)["input_ids"]
-        answer = tokenizer(" " + teach[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        # Then the newline a council member stops at (`generation.stop`), then eos: a base that has learnt to end
+        # its answers with a newline (the demo's) may otherwise go on past the taught word.
+        answer = tokenizer(" " + teach[1] + "\n", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + answer])
         labels = torch.tensor([[-100] * len(prompt) + answer])
         optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
