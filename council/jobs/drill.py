@@ -98,7 +98,7 @@ def drill_member(path: Path, out: Path, plan: DrillPlan) -> dict:
         skills = reading_skills(model, tok, world, member.domain, plan.probes, member.seed + 600)
     weights = focus(skills, plan.base)
     phase = replace(plan.phase, mixture=replace(plan.phase.mixture, domains=(member.domain,), read_focus=weights))
-    maker = ExerciseMaker(world, known, phase.mixture, seed=member.seed + 700 + len(alone and [1]))  # phases in turn
+    maker = ExerciseMaker(world, known, phase.mixture, seed=member.seed + 700 + (1 if alone else 0))  # phases in turn
     losses += train_phase(model, tok, maker, phase, f"drill {member.name} mixed")
     after = reading_skills(model, tok, world, member.domain, plan.probes, member.seed + 500)
     probes = member_report(model, tok, world, member)  # the checkpoint's own report now describes the drilled model
@@ -138,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = a.models / name
         if not (path / "training.json").exists():
             raise SystemExit(f"{path}: no training.json (is --models a folder of specialist checkpoints?)")
-        report = drill_member(path, (a.out or a.models) / name, plan)
-        print(json.dumps({k: report[k] for k in ("name", "reading_before", "reading_after", "train_seconds")}))
+        drill_member(path, (a.out or a.models) / name, plan)  # logs its report (reading before / after, seconds)
     return 0
 
 
